@@ -1,0 +1,409 @@
+"""The CodeGen model: a config, a dict of weights named as in the hub checkpoints, and a forward pass.
+
+CodeGen is GPT-J's architecture: token embedding (no position embedding: position enters only
+through rotary), ``n_layer`` blocks with a *parallel* residual,
+
+    x = x + attn(ln_1(x)) + mlp(ln_1(x))
+
+then ``ln_f`` and an ``lm_head`` that has a bias. Weight names are those of the Hugging Face
+checkpoints (``transformer.h.0.attn.qkv_proj.weight`` …), so a reader can put this file beside
+``transformers/models/codegen/modeling_codegen.py``.
+
+Weights are plain arrays. A linear weight is stored [n_out, n_in] and may be
+- float32;
+- uint16, holding bfloat16 bit patterns (widened to float32 on use);
+- int8, with a float32 ``<name>.scale`` [n_out] beside it: W ≈ W_int8 · scale (per output row).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import ops
+
+# Buffers some hub files carry; they hold nothing the model needs (the mask is rebuilt, the
+# sinusoid table is computed).
+IGNORED_BUFFERS = ("attn.causal_mask", "attn.masked_bias", "attn.bias", "attn.embed_positions")
+
+# Below this many rows a linear layer is a stream over its weights (decode): a Numba kernel.
+# From here on it is a matrix product (prefill): BLAS.
+KERNEL_MAX_ROWS = 8
+
+
+@dataclass(frozen=True)
+class Config:
+    """The fields of a Hugging Face CodeGen ``config.json`` that shape the computation."""
+
+    vocab_size: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    rotary_dim: int
+    n_positions: int
+    n_inner: int
+    layer_norm_epsilon: float = 1e-5
+    activation_function: str = "gelu_new"
+    tie_word_embeddings: bool = False
+    bos_token_id: int = 50256
+    eos_token_id: int = 50256
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+def config_from_dict(d: dict[str, Any], source: str = "config") -> Config:
+    """Reads a Hugging Face CodeGen config dict; ``source`` names the file in error messages.
+
+    >>> config_from_dict({"vocab_size": 51200, "n_embd": 1024, "n_layer": 20, "n_head": 16,
+    ...                   "rotary_dim": 32, "n_positions": 2048}).n_inner
+    4096
+    """
+    missing = [k for k in ("vocab_size", "n_embd", "n_layer", "n_head", "rotary_dim", "n_positions") if k not in d]
+    if missing:
+        raise ValueError(f"{source}: missing field(s) {', '.join(missing)}")
+    if d.get("model_type", "codegen") != "codegen":
+        raise ValueError(f"{source}: model_type is {d['model_type']!r}, expected 'codegen'")
+    act = d.get("activation_function", "gelu_new")
+    if act != "gelu_new":
+        raise ValueError(f"{source}: activation_function {act!r} is not supported (only 'gelu_new')")
+    eos = d.get("eos_token_id", 50256)
+    cfg = Config(
+        vocab_size=int(d["vocab_size"]),
+        n_embd=int(d["n_embd"]),
+        n_layer=int(d["n_layer"]),
+        n_head=int(d["n_head"]),
+        rotary_dim=int(d["rotary_dim"]) if d["rotary_dim"] is not None else int(d["n_embd"]) // int(d["n_head"]),
+        n_positions=int(d["n_positions"]),
+        n_inner=int(d["n_inner"]) if d.get("n_inner") is not None else 4 * int(d["n_embd"]),
+        layer_norm_epsilon=float(d.get("layer_norm_epsilon", 1e-5)),
+        activation_function=act,
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+        bos_token_id=int(d.get("bos_token_id") if d.get("bos_token_id") is not None else 50256),
+        eos_token_id=int((eos[0] if isinstance(eos, list) else eos) if eos is not None else 50256),
+    )
+    if cfg.n_embd % cfg.n_head or cfg.n_head % 4:
+        raise ValueError(f"{source}: n_head={cfg.n_head} must divide n_embd={cfg.n_embd} and be a multiple of 4 (mp_num)")
+    if cfg.rotary_dim % 2 or cfg.rotary_dim > cfg.head_dim:
+        raise ValueError(f"{source}: rotary_dim={cfg.rotary_dim} must be even and at most head_dim={cfg.head_dim}")
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as a Hugging Face ``config.json`` dict (model_type codegen)."""
+    d = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    return {"model_type": "codegen", "architectures": ["CodeGenForCausalLM"], **d}
+
+
+def expected_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
+    """Every weight the model reads, with the shape the config implies (checkpoint names)."""
+    E, V, F = cfg.n_embd, cfg.vocab_size, cfg.n_inner
+    shapes: dict[str, tuple[int, ...]] = {"transformer.wte.weight": (V, E)}
+    for i in range(cfg.n_layer):
+        p = f"transformer.h.{i}."
+        shapes |= {
+            p + "ln_1.weight": (E,), p + "ln_1.bias": (E,),
+            p + "attn.qkv_proj.weight": (3 * E, E),
+            p + "attn.out_proj.weight": (E, E),
+            p + "mlp.fc_in.weight": (F, E), p + "mlp.fc_in.bias": (F,),
+            p + "mlp.fc_out.weight": (E, F), p + "mlp.fc_out.bias": (E,),
+        }  # fmt: skip
+    shapes |= {"transformer.ln_f.weight": (E,), "transformer.ln_f.bias": (E,), "lm_head.bias": (V,)}
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (V, E)
+    return shapes
+
+
+def is_ignored_buffer(name: str) -> bool:
+    """True for the buffers hub files carry that the model does not read."""
+    return name.endswith(IGNORED_BUFFERS)
+
+
+def check_weights(cfg: Config, weights: dict[str, np.ndarray], source: str = "checkpoint") -> dict[str, np.ndarray]:
+    """Asserts that every expected weight is present with its shape; drops ignored buffers.
+
+    int8 weights must come with a float32 ``<name>.scale`` of shape [n_out]. Raises ValueError
+    naming the tensor, the expected and the found shape.
+    """
+    expected = expected_shapes(cfg)
+    out: dict[str, np.ndarray] = {}
+    for name, shape in expected.items():
+        if name not in weights:
+            raise ValueError(f"{source}: missing weight {name!r} (expected shape {shape})")
+        w = weights[name]
+        if tuple(w.shape) != shape:
+            raise ValueError(f"{source}: weight {name!r} has shape {tuple(w.shape)}, expected {shape}")
+        if w.dtype not in (np.float32, np.float16, np.uint16, np.int8):
+            raise ValueError(f"{source}: weight {name!r} has unsupported dtype {w.dtype}")
+        out[name] = w
+        if w.dtype == np.int8:
+            s = weights.get(name + ".scale")
+            if s is None or tuple(s.shape) != shape[:1]:
+                got = None if s is None else tuple(s.shape)
+                raise ValueError(f"{source}: int8 weight {name!r} needs {name + '.scale'!r} of shape {shape[:1]}, found {got}")
+            out[name + ".scale"] = s
+    unknown = [n for n in weights if n not in out and not is_ignored_buffer(n)]
+    if unknown:
+        raise ValueError(f"{source}: unexpected tensor(s) {', '.join(sorted(unknown)[:5])} for a CodeGen config of {cfg.n_layer} layers")
+    return out
+
+
+# ----------------------------------------------------------------------------- weights in use
+
+
+def dequantize(w: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:  # [n_out, n_in] any -> float32
+    """The float32 matrix a stored weight stands for (bf16 bits widened, int8 times its scale)."""
+    if w.dtype == np.uint16:
+        return (w.astype(np.uint32) << 16).view(np.float32)
+    if w.dtype == np.int8:
+        return w.astype(np.float32) * scale[:, None]
+    return np.asarray(w, dtype=np.float32)
+
+
+def dense(x: np.ndarray, weights: dict[str, np.ndarray], name: str, fast: bool, bias: str | None = None) -> np.ndarray:  # [N, n_in] -> [N, n_out]
+    """The linear layer ``name`` (``name.weight``, optional ``name.bias`` or ``bias``) on rows x.
+
+    The NumPy path (fast=False) is the definition: dequantize, then x·Wᵀ + b. The fast path
+    streams the stored weight through a Numba kernel for few rows (decode) and uses BLAS for many
+    rows (prefill); it is tested against the definition.
+    """
+    w = weights[name + ".weight"]
+    b = weights.get(name + ".bias") if bias is None else weights[bias]
+    scale = weights.get(name + ".weight.scale")
+    if not fast:
+        return ops.linear(x, dequantize(w, scale), b)
+    from . import kernels
+
+    return kernels.linear(x, w, b, scale, small=x.shape[0] <= KERNEL_MAX_ROWS)
+
+
+def embed(weights: dict[str, np.ndarray], input_ids: np.ndarray) -> np.ndarray:  # [B, T] -> [B, T, E]
+    """Rows of the token embedding ``wte`` (dequantized if stored as bf16 or int8)."""
+    w = weights["transformer.wte.weight"]
+    scale = weights.get("transformer.wte.weight.scale")
+    return dequantize(w[input_ids.reshape(-1)], None if scale is None else scale[input_ids.reshape(-1)]).reshape(
+        *input_ids.shape, -1
+    )
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+@dataclass
+class Cache:
+    """Keys and values of the tokens seen so far, per layer, with room for ``capacity`` tokens."""
+
+    k: list[np.ndarray]  # n_layer × [B, H, capacity, D] float32
+    v: list[np.ndarray]  # n_layer × [B, H, capacity, D]
+    mask: np.ndarray  # [B, capacity] int8: 1 where a real token sits, 0 for padding
+    length: int = 0  # tokens filled so far (the same for every row)
+
+    @property
+    def capacity(self) -> int:
+        return self.mask.shape[1]
+
+
+def new_cache(cfg: Config, batch: int, capacity: int) -> Cache:
+    """An empty cache for ``batch`` rows and up to ``capacity`` tokens (at most n_positions)."""
+    capacity = min(capacity, cfg.n_positions)
+    shape = (batch, cfg.n_head, capacity, cfg.head_dim)
+    return Cache(
+        k=[np.zeros(shape, np.float32) for _ in range(cfg.n_layer)],
+        v=[np.zeros(shape, np.float32) for _ in range(cfg.n_layer)],
+        mask=np.zeros((batch, capacity), np.int8),
+    )
+
+
+def _grow(cache: Cache, cfg: Config, needed: int) -> None:
+    """Makes room for ``needed`` tokens in all, doubling the capacity (up to n_positions)."""
+    if needed <= cache.capacity:
+        return
+    capacity = min(max(needed, 2 * cache.capacity), cfg.n_positions)
+    pad = capacity - cache.capacity
+    cache.k = [np.pad(a, ((0, 0), (0, 0), (0, pad), (0, 0))) for a in cache.k]
+    cache.v = [np.pad(a, ((0, 0), (0, 0), (0, pad), (0, 0))) for a in cache.v]
+    cache.mask = np.pad(cache.mask, ((0, 0), (0, pad)))
+
+
+# ----------------------------------------------------------------------------- forward pass
+
+
+def check_input_ids(cfg: Config, input_ids: Any, past: int = 0) -> np.ndarray:
+    """input_ids as an int64 [B, T] array, or a ValueError saying what is wrong with it."""
+    ids = np.asarray(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    if ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, tokens], got shape {ids.shape}")
+    if ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise ValueError(f"input_ids is empty (shape {ids.shape}): give at least one token")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"input_ids must be integers, got dtype {ids.dtype}")
+    bad = (ids < 0) | (ids >= cfg.vocab_size)
+    if bad.any():
+        b, t = map(int, np.argwhere(bad)[0])
+        raise ValueError(f"token id {int(ids[b, t])} at [{b}, {t}] is outside the vocabulary [0, {cfg.vocab_size})")
+    if past + ids.shape[1] > cfg.n_positions:
+        raise ValueError(f"sequence of {past + ids.shape[1]} tokens is longer than n_positions={cfg.n_positions}")
+    return ids.astype(np.int64)
+
+
+def positions_from_mask(mask: np.ndarray, seen: np.ndarray) -> np.ndarray:  # [B, T], [B] -> [B, T]
+    """Position of each new token: real tokens before it (``seen`` plus this chunk's), minus one.
+
+    As transformers does for generation (``cumsum(mask) - 1``, padding set to position 1), so a
+    left-padded prompt gets the positions it would get alone.
+    """
+    pos = seen[:, None] + np.cumsum(mask, axis=1) - 1
+    return np.where(mask != 0, pos, 1).astype(np.int64)
+
+
+def block(
+    x: np.ndarray,  # [B, T, E] residual stream
+    weights: dict[str, np.ndarray],
+    i: int,  # layer index
+    cfg: Config,
+    sincos: np.ndarray,  # [B, T, rotary_dim] table rows of the tokens' positions
+    cache: Cache,  # keys/values of earlier tokens; this call appends T
+    fast: bool,
+    trace: dict[str, np.ndarray] | None,
+) -> np.ndarray:  # [B, T, E]
+    """One CodeGen block: x + attn(ln_1(x)) + mlp(ln_1(x))."""
+    B, T, E = x.shape
+    H, D = cfg.n_head, cfg.head_dim
+    p = f"transformer.h.{i}."
+    S0, S = cache.length, cache.length + T
+
+    h = ops.layer_norm(x, weights[p + "ln_1.weight"], weights[p + "ln_1.bias"], cfg.layer_norm_epsilon)
+    rows = h.reshape(B * T, E)
+
+    # attention: fused qkv projection, mp_num=4 split, rotary on q and k, attend over the cache
+    qkv = dense(rows, weights, p + "attn.qkv_proj", fast).reshape(B, T, 3 * E)
+    q, k, v = ops.split_qkv(qkv, H)  # 3 × [B, T, H, D]
+    if trace is not None:
+        trace |= {f"h.{i}.q_split": q, f"h.{i}.k_split": k, f"h.{i}.v": v}
+    q = ops.apply_rotary(q, sincos, cfg.rotary_dim)
+    k = ops.apply_rotary(k, sincos, cfg.rotary_dim)
+    cache.k[i][:, :, S0:S] = k.transpose(0, 2, 1, 3)
+    cache.v[i][:, :, S0:S] = v.transpose(0, 2, 1, 3)
+    q = q.transpose(0, 2, 1, 3)  # [B, H, T, D]
+    if fast and trace is None:
+        from . import kernels
+
+        a = kernels.attend_cached(np.ascontiguousarray(q), cache.k[i], cache.v[i], S, cache.mask[:, :S] != 0)
+    else:
+        mask = ops.causal_mask(cache.mask[:, :S], T)  # [B, 1, T, S]
+        a, probs = ops.attention(q, cache.k[i][:, :, :S], cache.v[i][:, :, :S], mask)
+        if trace is not None:
+            trace |= {f"h.{i}.q": q.transpose(0, 2, 1, 3), f"h.{i}.k": k, f"h.{i}.attn_probs": probs}
+    a = a.transpose(0, 2, 1, 3).reshape(B * T, E)  # merge heads: [B, T, H·D]
+    attn_out = dense(a, weights, p + "attn.out_proj", fast)
+
+    # MLP on the same ln_1 output (parallel residual)
+    hidden = ops.gelu_new(dense(rows, weights, p + "mlp.fc_in", fast))
+    mlp_out = dense(hidden, weights, p + "mlp.fc_out", fast)
+
+    out = x + (attn_out + mlp_out).reshape(B, T, E)
+    if trace is not None:
+        trace |= {
+            f"h.{i}.ln_1": h, f"h.{i}.attn_out": attn_out.reshape(B, T, E),
+            f"h.{i}.mlp_hidden": hidden.reshape(B, T, -1), f"h.{i}.mlp_out": mlp_out.reshape(B, T, E),
+            f"h.{i}.residual": out,
+        }  # fmt: skip
+    return out
+
+
+def forward(
+    model: "Model",
+    input_ids: Any,  # int [B, T]
+    attention_mask: Any = None,  # [B, T] 1 = token, 0 = padding (left padding), for the new tokens
+    position_ids: Any = None,  # int [B, T]; default from the mask and the cache
+    cache: Cache | None = None,  # appended to in place; None = a fresh one for this call
+    last_only: bool = False,  # logits of the last position only ([B, 1, V]): what decoding needs
+    trace: dict[str, np.ndarray] | None = None,  # filled with every intermediate (golden outputs)
+) -> np.ndarray:  # float32 [B, T, V]
+    """The logits of the next token after each position."""
+    cfg, weights = model.config, model.weights
+    past = cache.length if cache is not None else 0
+    ids = check_input_ids(cfg, input_ids, past)
+    B, T = ids.shape
+    mask = np.ones((B, T), np.int8) if attention_mask is None else np.asarray(attention_mask)
+    if mask.shape != (B, T):
+        raise ValueError(f"attention_mask has shape {mask.shape}, expected {(B, T)} like input_ids")
+    if cache is None:
+        cache = new_cache(cfg, B, T)
+    elif cache.mask.shape[0] != B:
+        raise ValueError(f"cache holds {cache.mask.shape[0]} rows, input_ids has {B}")
+    _grow(cache, cfg, past + T)
+    seen = cache.mask[:, :past].sum(axis=1, dtype=np.int64)
+    if position_ids is None:
+        pos = positions_from_mask(mask, seen)
+    else:
+        pos = np.asarray(position_ids, dtype=np.int64).reshape(B, T)
+        if pos.min() < 0 or pos.max() >= cfg.n_positions:
+            raise ValueError(f"position_ids must lie in [0, {cfg.n_positions}), got {pos.min()}..{pos.max()}")
+    cache.mask[:, past : past + T] = mask != 0
+
+    x = embed(weights, ids)  # [B, T, E]
+    sincos = model.sincos[pos]  # [B, T, rotary_dim]
+    if trace is not None:
+        trace |= {"input_ids": ids, "position_ids": pos, "wte": x}
+    for i in range(cfg.n_layer):
+        x = block(x, weights, i, cfg, sincos, cache, model.fast, trace)
+    cache.length = past + T
+
+    if last_only:
+        x = x[:, -1:]
+    x = ops.layer_norm(x, weights["transformer.ln_f.weight"], weights["transformer.ln_f.bias"], cfg.layer_norm_epsilon)
+    head = "transformer.wte" if cfg.tie_word_embeddings else "lm_head"  # tied: lm_head.weight is wte
+    rows = x.reshape(-1, cfg.n_embd)
+    logits = dense(rows, weights, head, model.fast, bias="lm_head.bias").reshape(B, -1, cfg.vocab_size)
+    if trace is not None:
+        trace |= {"ln_f": x, "logits": logits}
+    return logits.astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@dataclass
+class Model:
+    """A loaded CodeGen model: config, weights (checkpoint names), tokenizer if the files had one."""
+
+    config: Config
+    weights: dict[str, np.ndarray]
+    tokenizer: Any = None  # minicodegen.Tokenizer, or None when the checkpoint carries none
+    fast: bool = True  # Numba kernels for decode; False = the NumPy definition only
+    source: str = ""
+    sincos: np.ndarray = field(init=False, repr=False)  # [n_positions, rotary_dim]
+
+    def __post_init__(self) -> None:
+        self.weights = check_weights(self.config, self.weights, self.source or "weights")
+        self.sincos = ops.sinusoid_table(self.config.n_positions, self.config.rotary_dim)
+
+    def logits(self, input_ids: Any, attention_mask: Any = None, position_ids: Any = None) -> np.ndarray:
+        """int [B, T] (or [T]) -> float32 [B, T, vocab]. A mask (1 token, 0 left padding) sets positions."""
+        return forward(self, input_ids, attention_mask, position_ids)
+
+
+def load(path: str | os.PathLike, fast: bool = True) -> Model:
+    """Loads a model from a checkpoint directory, a converted ``.npz``, a hub id or ``"tiny"``."""
+    from . import checkpoint
+
+    return checkpoint.load_model(path, fast=fast)
+
+
+def read_config(path: str | os.PathLike) -> Config:
+    """Reads a Hugging Face ``config.json``."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read config: {e}") from None
+    return config_from_dict(d, str(path))
