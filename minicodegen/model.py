@@ -31,10 +31,6 @@ from . import ops
 # sinusoid table is computed).
 IGNORED_BUFFERS = ("attn.causal_mask", "attn.masked_bias", "attn.bias", "attn.embed_positions")
 
-# Below this many rows a linear layer is a stream over its weights (decode): a Numba kernel.
-# From here on it is a matrix product (prefill): BLAS.
-KERNEL_MAX_ROWS = 8
-
 
 @dataclass(frozen=True)
 class Config:
@@ -170,8 +166,8 @@ def dense(x: np.ndarray, weights: dict[str, np.ndarray], name: str, fast: bool, 
     """The linear layer ``name`` (``name.weight``, optional ``name.bias`` or ``bias``) on rows x.
 
     The NumPy path (fast=False) is the definition: dequantize, then x·Wᵀ + b. The fast path
-    streams the stored weight through a Numba kernel for few rows (decode) and uses BLAS for many
-    rows (prefill); it is tested against the definition.
+    (``kernels.linear``) streams the stored weight through a Numba kernel for a few rows (decode)
+    and uses BLAS for many (prefill); it is tested against the definition.
     """
     w = weights[name + ".weight"]
     b = weights.get(name + ".bias") if bias is None else weights[bias]
@@ -180,7 +176,7 @@ def dense(x: np.ndarray, weights: dict[str, np.ndarray], name: str, fast: bool, 
         return ops.linear(x, dequantize(w, scale), b)
     from . import kernels
 
-    return kernels.linear(x, w, b, scale, small=x.shape[0] <= KERNEL_MAX_ROWS)
+    return kernels.linear(x, w, b, scale)
 
 
 def embed(weights: dict[str, np.ndarray], input_ids: np.ndarray) -> np.ndarray:  # [B, T] -> [B, T, E]

@@ -1,0 +1,197 @@
+"""The command line: ``python -m minicodegen "def f():"``.
+
+    python -m minicodegen [PROMPT] [--model M] [sampling options]   complete code (streamed)
+    python -m minicodegen convert SRC -o OUT.npz [--dtype ...]       a hub checkpoint -> one .npz
+    python -m minicodegen score FILE [--model M]                     likelihood of a file
+    python -m minicodegen golden --prompt P -o golden.npz            intermediates for other ports
+
+Exit codes: 0 success, 1 runtime error (missing file, unreachable hub, bad checkpoint),
+2 usage error (bad argument values), 130 interrupted. Expected failures print one line, no
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Sequence
+
+DEFAULT_MODEL = "Salesforce/codegen-350M-mono"
+SUBCOMMANDS = ("convert", "score", "golden")
+
+
+class UsageError(Exception):
+    """A bad command line: exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2, without the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def positive_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {value}")
+        return value
+
+    return parse
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"hub id (downloaded and converted once, cached), checkpoint directory, .npz, or 'tiny' "
+                        f"(the small offline demo model shipped with minicodegen); default {DEFAULT_MODEL}")  # fmt: skip
+    p.add_argument("--threads", type=positive_int("--threads"), default=None,
+                   help="threads for the Numba kernels (default: NUMBA_NUM_THREADS or all cores)")  # fmt: skip
+
+
+def generation_parser() -> Parser:
+    p = Parser(prog="python -m minicodegen", description="Complete code with a CodeGen model, streamed to stdout.",
+               epilog="Subcommands: convert, score, golden (python -m minicodegen SUBCOMMAND --help).")  # fmt: skip
+    p.add_argument("prompt", nargs="?", default=None, help="the code to complete; '-' or absent: read standard input")
+    add_model_args(p)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default); > 0 samples")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep tokens up to this probability mass (1 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens (1 = off)")
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling: the same seed gives the same tokens")
+    p.add_argument("--stop", action="append", default=[], help="end the completion before this string (repeatable)")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding, whatever --temperature says")
+    p.add_argument("--no-truncate", action="store_true",
+                   help="keep the whole completion (default: CodeGen's cut before a comment line, a docstring, "
+                        "three newlines or a second top-level def/print)")  # fmt: skip
+    p.add_argument("--stats", action="store_true", help="print prompt tokens, prefill time and decode tokens/s to stderr")
+    return p
+
+
+def score_parser() -> Parser:
+    p = Parser(prog="python -m minicodegen score", description="Log-likelihood of a file under the model.")
+    p.add_argument("file", help="the text to score ('-' for standard input)")
+    add_model_args(p)
+    return p
+
+
+def check_generation_args(a: argparse.Namespace) -> None:
+    if a.max_new_tokens < 0:
+        raise UsageError(f"--max-new-tokens must be >= 0, got {a.max_new_tokens}")
+    if not a.temperature >= 0:
+        raise UsageError(f"--temperature must be >= 0 (0 = greedy), got {a.temperature}")
+    if a.top_k < 0:
+        raise UsageError(f"--top-k must be >= 0 (0 = off), got {a.top_k}")
+    if not 0 < a.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {a.top_p}")
+    if not a.repetition_penalty > 0:
+        raise UsageError(f"--repetition-penalty must be > 0 (1 = off), got {a.repetition_penalty}")
+    if any(s == "" for s in a.stop):
+        raise UsageError("--stop must not be empty")
+
+
+def read_prompt(prompt: str | None) -> str:
+    if prompt is None or prompt == "-":
+        if prompt is None and sys.stdin.isatty():
+            raise UsageError("give a PROMPT, or pipe one on standard input")
+        return sys.stdin.read()
+    return prompt
+
+
+def load_model(name: str, threads: int | None):
+    """The model, with the kernels' thread count set; loading errors become RuntimeError."""
+    from . import kernels
+    from .model import load
+
+    if threads is not None:
+        kernels.set_threads(threads)
+    return load(name)
+
+
+def run_generate(argv: Sequence[str]) -> int:
+    a = generation_parser().parse_args(argv)
+    check_generation_args(a)
+    prompt = read_prompt(a.prompt)
+    if prompt == "":
+        raise UsageError("the prompt is empty")
+    from .generation import stream
+
+    model = load_model(a.model, a.threads)
+    stats: dict[str, float] = {}
+    out = sys.stdout
+    out.write(prompt)
+    out.flush()
+    for piece in stream(model, prompt, max_new_tokens=a.max_new_tokens, temperature=0.0 if a.greedy else a.temperature,
+                        top_k=a.top_k, top_p=a.top_p, repetition_penalty=a.repetition_penalty, seed=a.seed,
+                        stop=a.stop, truncate=not a.no_truncate, stats=stats):  # fmt: skip
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    out.flush()
+    if a.stats:
+        n, decode_s = stats.get("new_tokens", 0), stats.get("decode_s", 0.0)
+        rate = f"{n / decode_s:.1f} tokens/s" if decode_s > 0 else "n/a"
+        print(f"prompt tokens: {stats.get('prompt_tokens', 0)}, prefill: {stats.get('prefill_s', 0.0) * 1000:.0f} ms, "
+              f"decode: {n} tokens in {decode_s:.2f} s ({rate})", file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def run_score(argv: Sequence[str]) -> int:
+    a = score_parser().parse_args(argv)
+    if a.file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            with open(a.file, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise RuntimeError(f"cannot read {a.file}: {e}") from None
+    from .generation import score
+
+    model = load_model(a.model, a.threads)
+    s = score(model, text)
+    scored = sum(1 for x in s.logprobs if x == x)  # not NaN
+    print(f"tokens: {len(s.tokens)}, scored: {scored}, mean NLL: {s.nll:.4f} nats/token, perplexity: {math.exp(s.nll):.3f}")
+    return 0
+
+
+def dispatch(argv: Sequence[str]) -> int:
+    if argv and argv[0] == "convert":
+        from .checkpoint import convert_main
+
+        return convert_main(list(argv[1:]))
+    if argv and argv[0] == "golden":
+        from .golden import golden_main
+
+        return golden_main(list(argv[1:]))
+    if argv and argv[0] == "score":
+        return run_score(argv[1:])
+    return run_generate(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return dispatch(argv)
+    except UsageError as e:
+        print(f"minicodegen: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nminicodegen: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # quiet exit when piped to `head`
+        return 0
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"minicodegen: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
