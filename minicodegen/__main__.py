@@ -109,9 +109,15 @@ def load_model(name: str, threads: int | None):
     from . import kernels
     from .model import load
 
+    from .checkpoint import HubError
+
     if threads is not None:
         kernels.set_threads(threads)
-    return load(name)
+    try:
+        return load(name)
+    except HubError as e:
+        raise RuntimeError(f"{e}. Pass --model with a checkpoint directory or an .npz, "
+                           f"or --model tiny for the small demo model that works offline") from None
 
 
 def run_generate(argv: Sequence[str]) -> int:

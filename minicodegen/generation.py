@@ -12,7 +12,6 @@ points.
 from __future__ import annotations
 
 import codecs
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple, Sequence
@@ -20,9 +19,8 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from .model import Model, forward, new_cache
+from .tokenizer import CODEGEN_TRUNCATE_PATTERNS, truncate
 
-# CodeGen's own sampler cuts a completion before these (and before a second top-level def/print).
-CODEGEN_TRUNCATE_PATTERNS = [r"^#", re.escape("<|endoftext|>"), r"^'''", r'^"""', "\n\n\n"]
 
 
 # ----------------------------------------------------------------------------- choosing a token
@@ -88,31 +86,11 @@ def choose(logits: np.ndarray, rng: np.random.Generator, temperature: float, top
 # ----------------------------------------------------------------------------- where a completion ends
 
 
-def truncate(completion: str, patterns: Sequence[str] = CODEGEN_TRUNCATE_PATTERNS) -> str:
-    r"""CodeGen's truncation (transformers' ``CodeGenTokenizer.truncate``): cut before a second
-    top-level ``print``, then before a second ``def``, then before the earliest match of any
-    MULTILINE pattern.
-
-    >>> truncate("    return 1\n\ndef g():\n    pass\n")
-    '    return 1\n\ndef g():\n    pass\n'
-    >>> truncate("    return 1\n# test\nprint(f())\n")
-    '    return 1\n'
-    """
-    prints = list(re.finditer("^print", completion, re.MULTILINE))
-    if len(prints) > 1:
-        completion = completion[: prints[1].start()]
-    defs = list(re.finditer("^def", completion, re.MULTILINE))
-    if len(defs) > 1:
-        completion = completion[: defs[1].start()]
-    cuts = [m.start() for m in (re.compile(p, re.MULTILINE).search(completion) for p in patterns) if m]
-    return completion[: min(cuts)] if cuts else completion
-
-
 def find_end(text: str, stop: Sequence[str], codegen_truncate: bool) -> int | None:
     """Where the completion ``text`` ends for good (a stop string or a truncation cut), or None."""
     ends = [i for i in (text.find(s) for s in stop) if i >= 0]
     if codegen_truncate:
-        cut = len(truncate(text))
+        cut = len(truncate(text, CODEGEN_TRUNCATE_PATTERNS))
         if cut < len(text):
             ends.append(cut)
     return min(ends) if ends else None
@@ -282,7 +260,7 @@ def generate(
     - ``temperature`` 0 is greedy; otherwise sampling with ``top_k`` (0 = off) and ``top_p``
       (1 = off), reproducible for a given ``seed``.
     - ``stop``: strings that end a completion (cut before them); ``truncate``: CodeGen's own cut
-      (see :func:`truncate`). Generation of a row ends at EOS, a stop or a cut.
+      (``tokenizer.truncate`` with ``CODEGEN_TRUNCATE_PATTERNS``). Generation of a row ends at EOS, a stop or a cut.
 
     Returns the completion: a ``str`` for a text prompt (stop/cut applied, no EOS), the new ids
     for an id prompt (with EOS if it came), or a list of those for a batch.

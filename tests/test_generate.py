@@ -189,7 +189,7 @@ def test_truncation_equals_transformers(completion):
 
     patterns = ["^#", re.escape("<|endoftext|>"), "^'''", '^"""', "\n\n\n"]
     tok = CodeGenTokenizer(vocab={"a": 0}, merges=[])
-    assert G.truncate(completion) == tok.truncate(completion, patterns)
+    assert G.truncate(completion, G.CODEGEN_TRUNCATE_PATTERNS) == tok.truncate(completion, patterns)
 
 
 @pytest.mark.parametrize("completion", SAMPLES)
@@ -202,7 +202,7 @@ def test_generation_stops_at_the_cut(pair, monkeypatch, completion):
     rows = list(G.decode_steps(model, [[1]], 60, codegen_truncate=True))
     row = rows[-1][0]
     assert G.completion_text(row) == CodeGenTokenizer(vocab={"a": 0}, merges=[]).truncate(completion, G.CODEGEN_TRUNCATE_PATTERNS)
-    if G.truncate(completion) != completion:
+    if G.truncate(completion, G.CODEGEN_TRUNCATE_PATTERNS) != completion:
         assert row.done in ("stop", "eos") and len(row.ids) <= len(ids)  # stopped at the cut, not at the end
 
 
