@@ -1,0 +1,613 @@
+"""Numba kernels for the hot loops of CodeGen inference on a CPU.
+
+Every kernel here is a faster way to compute something whose *definition* is a
+line of NumPy in ``minicodegen.ops`` (and, in the tests, a float64 closed form).
+The kernels never change what is computed, only how fast, so the docstring of
+each one names the NumPy expression it must equal.
+
+Why kernels at all?
+
+* Decoding one token is a chain of matrix-*vector* products: every weight is
+  read from memory once per token and used for a single multiply-add.  The speed
+  limit is memory bandwidth, so the kernel must (1) read each weight exactly
+  once, (2) keep both cores streaming, and (3) do its arithmetic fast enough to
+  keep up with memory.  Storing weights in bf16 or int8 halves or quarters the
+  bytes to read; the kernels widen them to float32 *in registers*, so no float32
+  copy of the matrix is ever written to memory.
+* Reading a prompt (prefill, T = hundreds of tokens) is a matrix-*matrix*
+  product: compute-bound, and BLAS sgemm is hard to beat.  For bf16 / int8
+  weights we widen a block of rows into a small float32 tile and hand the tile
+  to BLAS, so prefill costs the same as with float32 weights.
+
+Conventions (shared with ``minicodegen.ops`` and ``minicodegen.model``):
+
+* A linear layer stores ``W [n_out, n_in]`` like PyTorch and computes
+  ``y = x @ W.T + b``.
+* bf16 weights are ``uint16`` arrays holding the bf16 bit patterns.  Widening is
+  exact: ``float32 = (uint32(u16) << 16) viewed as float32``.
+* int8 weights are ``Wq int8 [n_out, n_in]`` plus ``scale float32 [n_out]``
+  (symmetric, per output channel): ``y = (x @ Wq.T) * scale + b``, which equals
+  ``x @ (Wq * scale[:, None]).T + b`` up to float32 rounding.
+* Weights may be read-only (memory-mapped).  The public wrappers mark every
+  input read-only before calling a kernel, so one compiled specialization
+  serves both ordinary and memory-mapped arrays.
+
+Floating point: the dot products use ``fastmath={'reassoc', 'contract'}``.
+``reassoc`` lets LLVM keep several partial sums in SIMD registers (without it a
+float reduction cannot be vectorized: the additions would have to happen in
+source order); ``contract`` allows fused multiply-add.  Both only change the
+rounding of a sum, and several partial sums are if anything *more* accurate
+than one running sum.  No other fast-math flag is used (no ``nnan``/``ninf``:
+masked attention scores are ``-inf`` on purpose).
+
+Threads: ``set_threads(n)`` (default: ``NUMBA_NUM_THREADS``, i.e. all cores).
+Compilation: ``cache=True`` writes machine code next to this file, so the
+compile cost (see ``warmup()``) is paid once per machine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+__all__ = [
+    "linear",
+    "linear_f32",
+    "linear_bf16",
+    "linear_int8",
+    "attend_cached",
+    "layer_norm",
+    "gelu_new",
+    "set_threads",
+    "get_threads",
+    "warmup",
+    "STREAM_MAX_T",
+]
+
+# Fast-math flags for the dot products (see module docstring).
+_FM = {"reassoc", "contract"}
+
+# Up to this many rows of x, linear_* stream W once through the Numba
+# matrix-vector kernels; above it they call BLAS (on float32 tiles of W for
+# bf16/int8).  Decode is T = 1 (or a few rows for batched / speculative decode).
+STREAM_MAX_T = 8
+
+# A float additive attention mask marks a key as masked when its value is at or
+# below this (covers -inf, float32 min as used by transformers, and -1e9).
+_MASKED_AT_OR_BELOW = -1e9
+
+# Bytes of a float32 tile of W used by the bf16/int8 prefill path.
+_TILE_BYTES = 4 << 20
+
+
+# ---------------------------------------------------------------------------
+# Register-level helpers (LLVM intrinsics; each compiles to one or two
+# instructions that LLVM vectorizes along with the surrounding loop).
+# ---------------------------------------------------------------------------
+
+
+@intrinsic
+def _bf16_to_f32(typingctx, u):
+    """float32 whose bit pattern is ``u16 << 16`` (exact bf16 -> float32)."""
+    if not (isinstance(u, types.Integer) and u.bitwidth == 16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = builder.zext(args[0], ir.IntType(32))
+        v = builder.shl(v, ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(u), codegen
+
+
+@intrinsic
+def _bf16_pair_lo(typingctx, u):
+    """From a uint32 holding two bf16 values (little endian), the first one:
+    the float32 with bits ``u << 16``."""
+    if not (isinstance(u, types.Integer) and u.bitwidth == 32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = builder.shl(args[0], ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(u), codegen
+
+
+@intrinsic
+def _bf16_pair_hi(typingctx, u):
+    """From a uint32 holding two bf16 values (little endian), the second one:
+    the float32 with bits ``u & 0xFFFF0000``."""
+    if not (isinstance(u, types.Integer) and u.bitwidth == 32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = builder.and_(args[0], ir.Constant(ir.IntType(32), 0xFFFF0000))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(u), codegen
+
+
+# ---------------------------------------------------------------------------
+# Matrix-vector kernels (decode).  Shapes: x [T, n_in] float32, y [T, n_out].
+# Parallel over output rows; each W row is read from memory once and used for
+# all T rows of x while it sits in L1.
+# ---------------------------------------------------------------------------
+
+
+@njit(parallel=True, fastmath=_FM, cache=True)
+def _gemv_f32(x, W, b, y):  # pragma: no cover - compiled
+    """y = x @ W.T (+ b).   x [T, n_in] f32, W [n_out, n_in] f32, b [n_out] f32 | None."""
+    T, n = x.shape
+    n_out = W.shape[0]
+    for j in prange(n_out):
+        w = W[j]
+        for t in range(T):
+            xt = x[t]
+            acc = np.float32(0.0)
+            for i in range(n):
+                acc += xt[i] * w[i]
+            if b is not None:
+                acc += b[j]
+            y[t, j] = acc
+
+
+@njit(parallel=True, fastmath=_FM, cache=True)
+def _gemv_bf16(x, W, b, y):  # pragma: no cover - compiled
+    """y = x @ widen(W).T (+ b).   x [T, n_in] f32, W [n_out, n_in] u16 (bf16 bits)."""
+    T, n = x.shape
+    n_out = W.shape[0]
+    for j in prange(n_out):
+        w = W[j]
+        for t in range(T):
+            xt = x[t]
+            acc = np.float32(0.0)
+            for i in range(n):
+                acc += xt[i] * _bf16_to_f32(w[i])
+            if b is not None:
+                acc += b[j]
+            y[t, j] = acc
+
+
+@njit(parallel=True, fastmath=_FM, cache=True)
+def _gemv_bf16_pairs(xe, xo, W2, b, y):  # pragma: no cover - compiled
+    """y = x @ widen(W).T (+ b) with W read as pairs of bf16 in uint32 words.
+
+    xe = x[:, 0::2], xo = x[:, 1::2]  ([T, n_in/2] f32, contiguous),
+    W2 = W.view(uint32)               ([n_out, n_in/2]).
+    Word i of a row holds element 2i in its low half and 2i+1 in its high half;
+    each is made a float32 with one shift or one mask (no shuffles).
+    """
+    T, m = xe.shape
+    n_out = W2.shape[0]
+    for j in prange(n_out):
+        w = W2[j]
+        for t in range(T):
+            a = xe[t]
+            c = xo[t]
+            acc = np.float32(0.0)
+            for i in range(m):
+                u = w[i]
+                acc += a[i] * _bf16_pair_lo(u) + c[i] * _bf16_pair_hi(u)
+            if b is not None:
+                acc += b[j]
+            y[t, j] = acc
+
+
+@njit(parallel=True, fastmath=_FM, cache=True)
+def _gemv_int8(x, Wq, scale, b, y):  # pragma: no cover - compiled
+    """y = (x @ Wq.T) * scale (+ b).   Wq [n_out, n_in] i8, scale [n_out] f32."""
+    T, n = x.shape
+    n_out = Wq.shape[0]
+    for j in prange(n_out):
+        w = Wq[j]
+        s = scale[j]
+        for t in range(T):
+            xt = x[t]
+            acc = np.float32(0.0)
+            for i in range(n):
+                acc += xt[i] * np.float32(w[i])
+            acc *= s
+            if b is not None:
+                acc += b[j]
+            y[t, j] = acc
+
+
+# ---------------------------------------------------------------------------
+# Widening kernels for the prefill path: a block of W rows -> float32 tile.
+# ---------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _widen_bf16_rows(W, j0, out):  # pragma: no cover - compiled
+    """out[r] = widen(W[j0 + r]) for r < out.shape[0].   out [R, n_in] f32."""
+    R, n = out.shape
+    for r in prange(R):
+        w = W[j0 + r]
+        o = out[r]
+        for i in range(n):
+            o[i] = _bf16_to_f32(w[i])
+
+
+@njit(parallel=True, cache=True)
+def _widen_int8_rows(Wq, j0, out):  # pragma: no cover - compiled
+    """out[r] = float32(Wq[j0 + r]) (exact; the scale is applied after the product)."""
+    R, n = out.shape
+    for r in prange(R):
+        w = Wq[j0 + r]
+        o = out[r]
+        for i in range(n):
+            o[i] = np.float32(w[i])
+
+
+# ---------------------------------------------------------------------------
+# Python wrappers: argument checks, read-only marking, decode/prefill dispatch.
+# ---------------------------------------------------------------------------
+
+
+def _ro(a: np.ndarray | None) -> np.ndarray | None:
+    """A read-only view of ``a`` (free), so kernels see one array type."""
+    if a is None or not a.flags.writeable:
+        return a
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def _prep_x(x: np.ndarray, n_in: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    x = np.asarray(x)
+    if x.shape[-1] != n_in:
+        raise ValueError(f"x has {x.shape[-1]} features, W expects {n_in}")
+    lead = x.shape[:-1]
+    x2 = np.ascontiguousarray(x.reshape(-1, n_in), dtype=np.float32)
+    return x2, lead
+
+
+def _prep_vec(v: np.ndarray | None, n: int, name: str) -> np.ndarray | None:
+    if v is None:
+        return None
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    if v.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {v.shape}")
+    return _ro(v)
+
+
+def _check_w(W: np.ndarray, dtype: type, name: str) -> np.ndarray:
+    if W.dtype != dtype or W.ndim != 2:
+        raise TypeError(f"{name} must be a 2-D {np.dtype(dtype).name} array, got {W.dtype} {W.shape}")
+    if not W.flags.c_contiguous:
+        W = np.ascontiguousarray(W)
+    return _ro(W)
+
+
+def _tiled_blas(x2: np.ndarray, W: np.ndarray, widen, b: np.ndarray | None,
+                scale: np.ndarray | None) -> np.ndarray:
+    """y = x2 @ widen(W).T [* scale] [+ b], widening R rows at a time into a
+    float32 tile that BLAS multiplies; peak extra memory is one tile."""
+    T, n_in = x2.shape
+    n_out = W.shape[0]
+    R = max(16, min(n_out, _TILE_BYTES // (4 * n_in)))
+    tile = np.empty((R, n_in), np.float32)
+    y = np.empty((T, n_out), np.float32)
+    for j0 in range(0, n_out, R):
+        r = min(R, n_out - j0)
+        t = tile[:r]
+        widen(W, j0, t)
+        np.matmul(x2, t.T, out=y[:, j0:j0 + r])
+    if scale is not None:
+        y *= scale
+    if b is not None:
+        y += b
+    return y
+
+
+def linear_f32(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """``x @ W.T + b`` for float32 ``W [n_out, n_in]``; x [..., n_in] -> [..., n_out].
+
+    Up to STREAM_MAX_T rows: the parallel streaming kernel (reads W once).
+    More rows: BLAS ``x @ W.T``.  Definition: ``ops.linear``.
+    """
+    W = _check_w(W, np.float32, "W")
+    n_out, n_in = W.shape
+    x2, lead = _prep_x(x, n_in)
+    b = _prep_vec(b, n_out, "b")
+    if x2.shape[0] <= STREAM_MAX_T:
+        y = np.empty((x2.shape[0], n_out), np.float32)
+        _gemv_f32(_ro(x2), W, b, y)
+    else:
+        y = x2 @ W.T
+        if b is not None:
+            y += b
+    return y.reshape(*lead, n_out)
+
+
+def linear_bf16(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """``x @ widen(W).T + b`` for bf16 ``W`` stored as uint16 ``[n_out, n_in]``.
+
+    ``widen(W) = (W.astype(uint32) << 16).view(float32)`` (exact).  Decode
+    streams W (2 bytes per weight) and widens in registers; prefill widens
+    blocks of rows into a float32 tile for BLAS.
+    """
+    W = _check_w(W, np.uint16, "W")
+    n_out, n_in = W.shape
+    x2, lead = _prep_x(x, n_in)
+    b = _prep_vec(b, n_out, "b")
+    T = x2.shape[0]
+    if T <= STREAM_MAX_T:
+        y = np.empty((T, n_out), np.float32)
+        if n_in % 2 == 0:
+            xe = _ro(np.ascontiguousarray(x2[:, 0::2]))
+            xo = _ro(np.ascontiguousarray(x2[:, 1::2]))
+            _gemv_bf16_pairs(xe, xo, W.view(np.uint32), b, y)
+        else:
+            _gemv_bf16(_ro(x2), W, b, y)
+    else:
+        y = _tiled_blas(x2, W, _widen_bf16_rows, b, None)
+    return y.reshape(*lead, n_out)
+
+
+def linear_int8(x: np.ndarray, Wq: np.ndarray, scale: np.ndarray,
+                b: np.ndarray | None = None) -> np.ndarray:
+    """``(x @ Wq.T) * scale + b`` for int8 ``Wq [n_out, n_in]``, float32 ``scale [n_out]``.
+
+    Equals ``x @ (Wq * scale[:, None]).T + b`` up to float32 rounding.  Decode
+    streams Wq (1 byte per weight) and converts in registers; prefill converts
+    blocks of rows into a float32 tile for BLAS.
+    """
+    Wq = _check_w(Wq, np.int8, "Wq")
+    n_out, n_in = Wq.shape
+    x2, lead = _prep_x(x, n_in)
+    scale = _prep_vec(scale, n_out, "scale")
+    if scale is None:
+        raise ValueError("linear_int8 needs a per-row scale")
+    b = _prep_vec(b, n_out, "b")
+    T = x2.shape[0]
+    if T <= STREAM_MAX_T:
+        y = np.empty((T, n_out), np.float32)
+        _gemv_int8(_ro(x2), Wq, scale, b, y)
+    else:
+        y = _tiled_blas(x2, Wq, _widen_int8_rows, b, scale)
+    return y.reshape(*lead, n_out)
+
+
+def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None,
+           scale: np.ndarray | None = None) -> np.ndarray:
+    """Dispatch on the weight dtype: float32 -> linear_f32, uint16 (bf16 bits)
+    -> linear_bf16, int8 (needs ``scale``) -> linear_int8."""
+    if W.dtype == np.float32:
+        return linear_f32(x, W, b)
+    if W.dtype == np.uint16:
+        return linear_bf16(x, W, b)
+    if W.dtype == np.int8:
+        return linear_int8(x, W, scale, b)
+    raise TypeError(f"unsupported weight dtype {W.dtype}")
+
+
+# ---------------------------------------------------------------------------
+# Attention of T new tokens over the KV cache.
+# ---------------------------------------------------------------------------
+
+
+@njit(parallel=True, fastmath=_FM, cache=True)
+def _attend(q, k, v, S, allowed, bias, out):  # pragma: no cover - compiled
+    """Causal softmax attention over the first S cached positions.
+
+    q [B, H, T, D], k/v [B, H, S_cap, D], allowed [B, S] bool, bias [B, S] f32,
+    out [B, H, T, D].  Query t sits at position p = S - T + t and sees keys
+    j <= p with allowed[b, j]; score = q.k / sqrt(D) + bias[b, j].  A query
+    with no visible key gets a zero output.
+    """
+    B, H, T, D = q.shape
+    scale = np.float32(math.sqrt(D))
+    for bh in prange(B * H):
+        bi = bh // H
+        h = bh % H
+        p = np.empty(S, np.float32)
+        for t in range(T):
+            qt = q[bi, h, t]
+            o = out[bi, h, t]
+            last = S - T + t  # last visible key position
+            m = np.float32(-np.inf)
+            for j in range(last + 1):
+                if allowed[bi, j]:
+                    kj = k[bi, h, j]
+                    s = np.float32(0.0)
+                    for d in range(D):
+                        s += qt[d] * kj[d]
+                    s = s / scale + bias[bi, j]
+                    p[j] = s
+                    if s > m:
+                        m = s
+                else:
+                    p[j] = -np.inf
+            for d in range(D):
+                o[d] = 0.0
+            if m == -np.inf:
+                continue  # no visible key (a pad position): zero output
+            tot = np.float32(0.0)
+            for j in range(last + 1):
+                e = np.float32(math.exp(p[j] - m))  # exp(-inf) = 0 for masked keys
+                p[j] = e
+                tot += e
+            inv = np.float32(1.0) / tot
+            for j in range(last + 1):
+                w = p[j] * inv
+                if w != 0.0:
+                    vj = v[bi, h, j]
+                    for d in range(D):
+                        o[d] += w * vj[d]
+
+
+def _mask_arrays(key_mask: np.ndarray | None, B: int, S: int) -> tuple[np.ndarray, np.ndarray]:
+    """(allowed bool [B, S], bias float32 [B, S]) from a key mask.
+
+    bool / integer masks: nonzero = attend.  Float masks are additive: the value
+    is added to the score, and a value <= -1e9 (or -inf) masks the key.
+    """
+    if key_mask is None:
+        return np.ones((B, S), np.bool_), np.zeros((B, S), np.float32)
+    m = np.asarray(key_mask)
+    if m.ndim == 1:
+        m = m[None, :]
+    if m.ndim != 2 or m.shape[1] < S:
+        raise ValueError(f"key_mask must be [B, >= S={S}], got {m.shape}")
+    m = np.broadcast_to(m[:, :S], (B, S))
+    if m.dtype.kind == "f":
+        m32 = m.astype(np.float32)
+        allowed = m32 > _MASKED_AT_OR_BELOW
+        bias = np.where(allowed, m32, np.float32(0.0)).astype(np.float32)
+    else:
+        allowed = np.ascontiguousarray(m != 0)
+        bias = np.zeros((B, S), np.float32)
+    return _ro(allowed), _ro(bias)
+
+
+def attend_cached(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, S: int,
+                  key_mask: np.ndarray | None = None) -> np.ndarray:
+    """Softmax attention of T new queries over the first S cached keys/values.
+
+    q [B, H, T, D], k_cache / v_cache [B, H, S_cap, D] (float32, first S filled),
+    key_mask [B, S] (or [B, >= S]; bool/int: True = attend; float: additive) or
+    None -> out [B, H, T, D].
+
+    Definition (float32): query t is at position S - T + t and attends to keys
+    j <= S - T + t that the mask allows; ``scores = q @ k.T / sqrt(D) + mask``;
+    ``out = softmax(scores) @ v`` with masked keys weighted exactly 0; a query
+    with no allowed key returns zeros.  Parallel over (B, H).
+    """
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    B, H, T, D = q.shape
+    if k_cache.shape[:2] != (B, H) or k_cache.shape[3] != D or v_cache.shape != k_cache.shape:
+        raise ValueError(f"cache shapes {k_cache.shape} / {v_cache.shape} do not fit q {q.shape}")
+    if not (T <= S <= k_cache.shape[2]):
+        raise ValueError(f"need T={T} <= S={S} <= S_cap={k_cache.shape[2]}")
+    k_cache = np.ascontiguousarray(k_cache, dtype=np.float32)
+    v_cache = np.ascontiguousarray(v_cache, dtype=np.float32)
+    allowed, bias = _mask_arrays(key_mask, B, S)
+    out = np.empty_like(q)
+    _attend(_ro(q), _ro(k_cache), _ro(v_cache), S, allowed, bias, out)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Fused element-wise ops.
+# ---------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _layer_norm(x, g, b, eps, y):  # pragma: no cover - compiled
+    """Row-wise (x - mean) / sqrt(var + eps) * g + b; x, y [N, E]; stats in float64."""
+    N, E = x.shape
+    for r in prange(N):
+        xr = x[r]
+        mean = 0.0
+        for i in range(E):
+            mean += xr[i]
+        mean /= E
+        var = 0.0
+        for i in range(E):
+            d = xr[i] - mean
+            var += d * d
+        var /= E
+        rstd = 1.0 / math.sqrt(var + eps)
+        yr = y[r]
+        for i in range(E):
+            yr[i] = np.float32((xr[i] - mean) * rstd) * g[i] + b[i]
+
+
+def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """Layer norm over the last axis: ``(x - mean) / sqrt(var + eps) * g + b``
+    (biased variance, like torch.nn.LayerNorm).  x [..., E] f32 -> same shape."""
+    x = np.asarray(x)
+    E = x.shape[-1]
+    x2 = np.ascontiguousarray(x.reshape(-1, E), dtype=np.float32)
+    g = _prep_vec(g, E, "g")
+    b = _prep_vec(b, E, "b")
+    y = np.empty_like(x2)
+    _layer_norm(_ro(x2), g, b, float(eps), y)
+    return y.reshape(x.shape)
+
+
+_GELU_C = np.float32(math.sqrt(2.0 / math.pi))
+
+
+@njit(parallel=True, cache=True)
+def _gelu_new(x, y):  # pragma: no cover - compiled
+    """y = 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x**3))), flat f32."""
+    c = np.float32(0.7978845608028654)
+    a = np.float32(0.044715)
+    for i in prange(x.shape[0]):
+        xi = x[i]
+        u = c * (xi + a * (xi * xi * xi))
+        y[i] = np.float32(0.5) * xi * (np.float32(1.0) + np.float32(math.tanh(u)))
+
+
+def gelu_new(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """GPT-2 / CodeGen tanh GELU, ``0.5*x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x**3)))``.
+
+    x float32, any shape; ``out`` may be ``x`` itself (in place)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if out is None:
+        out = np.empty_like(x)
+    elif out.shape != x.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError("out must be a C-contiguous float32 array shaped like x")
+    _gelu_new(x.reshape(-1), out.reshape(-1))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Threads and warm-up.
+# ---------------------------------------------------------------------------
+
+
+def set_threads(n: int | None = None) -> int:
+    """Use ``n`` threads in the kernels (default: NUMBA_NUM_THREADS if set,
+    else all cores).  Returns the number in use.  Cannot exceed the thread pool
+    size fixed at start-up by NUMBA_NUM_THREADS."""
+    if n is None:
+        env = os.environ.get("NUMBA_NUM_THREADS")
+        n = int(env) if env else numba.config.NUMBA_NUM_THREADS
+    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n
+
+
+def get_threads() -> int:
+    """Number of threads the kernels use."""
+    return numba.get_num_threads()
+
+
+def warmup() -> float:
+    """Compile (or load from the on-disk cache) every kernel signature the model
+    uses: linear fp32 / bf16 / int8 with and without bias (decode and prefill
+    paths), attention, layer norm, gelu.  Returns the seconds it took."""
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    n_out, n_in = 24, 16
+    xs = [rng.standard_normal((1, n_in), dtype=np.float32),
+          rng.standard_normal((STREAM_MAX_T + 1, n_in), dtype=np.float32)]
+    Wf = rng.standard_normal((n_out, n_in), dtype=np.float32)
+    Wb = (Wf.view(np.uint32) >> 16).astype(np.uint16)
+    Wq = rng.integers(-127, 128, (n_out, n_in), dtype=np.int8)
+    sc = np.ones(n_out, np.float32)
+    for x in xs:
+        for b in (None, np.zeros(n_out, np.float32)):
+            linear_f32(x, Wf, b)
+            linear_bf16(x, Wb, b)
+            linear_bf16(x[:, :-1], Wb[:, :-1], b)  # odd n_in path
+            linear_int8(x, Wq, sc, b)
+    q = rng.standard_normal((1, 2, 1, 8), dtype=np.float32)
+    kc = rng.standard_normal((1, 2, 4, 8), dtype=np.float32)
+    attend_cached(q, kc, kc, 3, np.ones((1, 3), bool))
+    E = 8
+    layer_norm(rng.standard_normal((2, E), dtype=np.float32), np.ones(E, np.float32),
+               np.zeros(E, np.float32), 1e-5)
+    gelu_new(rng.standard_normal((2, E), dtype=np.float32))
+    return time.perf_counter() - t0
