@@ -144,7 +144,8 @@ def check_weights(cfg: Config, weights: dict[str, np.ndarray], source: str = "ch
                 got = None if s is None else tuple(s.shape)
                 raise ValueError(f"{source}: int8 weight {name!r} needs {name + '.scale'!r} of shape {shape[:1]}, found {got}")
             out[name + ".scale"] = s
-    unknown = [n for n in weights if n not in out and not is_ignored_buffer(n)]
+    tied_copy = {"lm_head.weight"} if cfg.tie_word_embeddings else set()  # a state dict may hold both names
+    unknown = [n for n in weights if n not in out and n not in tied_copy and not is_ignored_buffer(n)]
     if unknown:
         raise ValueError(f"{source}: unexpected tensor(s) {', '.join(sorted(unknown)[:5])} for a CodeGen config of {cfg.n_layer} layers")
     return out

@@ -166,3 +166,14 @@ def test_bad_config_is_named(tmp_path, pair):
     del d["n_layer"]
     with pytest.raises(ValueError, match="missing field.*n_layer"):
         M.config_from_dict(d, "x.json")
+
+
+def test_tied_lm_head_matches_transformers(checkpoint_factory):
+    """tie_word_embeddings: lm_head uses wte's matrix (and keeps its own bias)."""
+    hf, path = checkpoint_factory("tied", **dict(SMALL["narrow"], tie_word_embeddings=True))
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()
+    model = minicodegen.load(path, fast=False)
+    assert model.config.tie_word_embeddings and "lm_head.weight" not in model.weights
+    ids = random_ids(10, 2, 30)
+    assert np.abs(model.logits(ids) - hf_logits(hf, ids)).max() <= 1e-4
+    assert np.abs(minicodegen.load(path, fast=True).logits(ids) - hf_logits(hf, ids)).max() <= 1e-4
