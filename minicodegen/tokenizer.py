@@ -37,6 +37,7 @@ import os
 import re
 from importlib import resources
 from itertools import chain
+from typing import Iterable
 
 import regex
 
@@ -71,8 +72,6 @@ def bytes_to_unicode() -> dict[int, str]:
 
 BYTE_TO_CHAR = bytes_to_unicode()  # {0x20: "Ġ", ...}, 256 entries
 CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}  # {"Ġ": 0x20, ...}
-# str.translate table: spell a latin-1-decoded byte string in the alphabet, one char per byte.
-_LATIN1_TO_ALPHABET = {b: c for b, c in BYTE_TO_CHAR.items()}
 
 
 def to_alphabet(word: str) -> str:
@@ -84,8 +83,9 @@ def to_alphabet(word: str) -> str:
     >>> to_alphabet(" café\\n")
     'ĠcafÃ©Ċ'
     """
-    # utf-8 bytes -> latin-1 str (char i == byte i) -> alphabet chars, all in C.
-    return word.encode("utf-8", "surrogatepass").decode("latin-1").translate(_LATIN1_TO_ALPHABET)
+    # UTF-8 bytes -> latin-1 str (char i is byte i) -> alphabet chars (str.translate takes
+    # the {ord: char} table as is): all loops in C.
+    return word.encode("utf-8", "surrogatepass").decode("latin-1").translate(BYTE_TO_CHAR)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,32 +216,40 @@ def _load_json(text: str, name: str):
         raise ValueError(f"{name}: line {e.lineno}: invalid JSON ({e.msg})") from None
 
 
-def _read_token_ids(text: str, name: str) -> dict[str, int]:
-    """Parse vocab.json / added_tokens.json: a JSON object {token: id} with distinct ids >= 0."""
-    try:
-        pairs = json.loads(text, object_pairs_hook=lambda kv: kv)
+def _read_token_ids(text: str, name: str, vocab: dict[str, int] | None = None) -> dict[str, int]:
+    """Parse vocab.json / added_tokens.json: a JSON object {token: id} with distinct ids >= 0.
+
+    For added_tokens.json pass the `vocab`: a token in it must keep its id, and a new token must
+    not take the id of another one.
+    """
+    try:  # a JSON object becomes a tuple of (key, value) pairs, to see duplicate keys
+        pairs = json.loads(text, object_pairs_hook=tuple)
     except json.JSONDecodeError as e:
         raise ValueError(f"{name}: line {e.lineno}: invalid JSON ({e.msg})") from None
 
-    def where(token: object) -> str:  # "line N" of an entry, found by searching its key
+    def where(token: str, last: bool = False) -> str:  # "line N", found by searching the key
         for key in (json.dumps(token, ensure_ascii=False), json.dumps(token)):
-            if (pos := text.find(key + ":")) >= 0 or (pos := text.find(key)) >= 0:
+            pos = text.rfind(key) if last else text.find(key)
+            if pos >= 0:
                 return f"line {_line_of(text, pos)}"
         return f"entry {token!r}"
 
-    if not isinstance(pairs, list):
+    if not isinstance(pairs, tuple):
         raise ValueError(f"{name}: line 1: expected a JSON object {{token: id}}")
     table: dict[str, int] = {}
-    seen_ids: dict[int, str] = {}
+    owner = {i: t for t, i in (vocab or {}).items()}  # id -> token, of the ids already taken
     for token, i in pairs:
         if type(i) is not int or i < 0:
             raise ValueError(f"{name}: {where(token)}: id of {token!r} is {i!r}, not an int >= 0")
         if token in table:
-            raise ValueError(f"{name}: {where(token)}: token {token!r} appears twice")
-        if i in seen_ids:
+            raise ValueError(f"{name}: {where(token, last=True)}: {token!r} appears twice")
+        if vocab and token in vocab and vocab[token] != i:
+            raise ValueError(f"{name}: {where(token)}: {token!r} has id {i} but id "
+                             f"{vocab[token]} in the vocab")
+        if owner.setdefault(i, token) != token:
             raise ValueError(f"{name}: {where(token)}: id {i} is given to both "
-                             f"{seen_ids[i]!r} and {token!r}")
-        table[token], seen_ids[i] = i, token
+                             f"{owner[i]!r} and {token!r}")
+        table[token] = i
     return table
 
 
@@ -392,7 +400,7 @@ class Tokenizer:
         merges = _read_merges(_decode_utf8(merges_txt, merges_name), merges_name, vocab)
         if added_tokens_json is None:
             return cls(vocab, merges, name=vocab_name)
-        added = _read_token_ids(_decode_utf8(added_tokens_json, added_name), added_name)
+        added = _read_token_ids(_decode_utf8(added_tokens_json, added_name), added_name, vocab)
         return cls(vocab, merges, added, name=f"{vocab_name} + {added_name}")
 
     def to_bytes(self) -> dict[str, bytes]:
@@ -468,6 +476,9 @@ class Tokenizer:
             merges.append((pair[0], pair[1]))
         added, special = {}, []
         for n, t in enumerate(spec.get("added_tokens") or []):
+            if not (isinstance(t, dict) and isinstance(t.get("content"), str)
+                    and type(t.get("id")) is int):
+                raise ValueError(f"{name}: added_tokens[{n}] needs a \"content\" and an \"id\"")
             if any(t.get(k) for k in ("lstrip", "rstrip", "single_word")):
                 raise ValueError(f"{name}: added_tokens[{n}] ({t.get('content')!r}) uses "
                                  f"lstrip/rstrip/single_word, which is not supported")
@@ -557,7 +568,7 @@ class Tokenizer:
 
     # -- decoding --------------------------------------------------------------------------
 
-    def decode_bytes(self, ids) -> bytes:
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """Ids -> the raw bytes they stand for (for streaming: a char may span two tokens).
 
         >>> tok = Tokenizer.codegen()
@@ -575,7 +586,7 @@ class Tokenizer:
             parts.append(piece)
         return b"".join(parts)
 
-    def decode(self, ids, skip_special_tokens: bool = False,
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False,
                truncate_before_pattern: list[str] | None = None) -> str:
         """Ids -> text. Bytes that are not valid UTF-8 become U+FFFD, as with
         bytes.decode(errors="replace"). No "clean up of tokenization spaces" (it damages code).
