@@ -164,16 +164,19 @@ def decode_steps(
     stop: Sequence[str] = (),
     codegen_truncate: bool = False,
     stats: dict[str, float] | None = None,
+    text_only: bool = False,
 ) -> Iterator[list[Row]]:
     """Runs the prompts together (left padding) and yields the rows after every new token.
 
     Row b draws from its own generator seeded with (seed, b), so a prompt samples the same tokens
     alone or at row 0 of a batch. ``stats``, if given, receives ``prompt_tokens``, ``prefill_s``
     (prompt forward pass and first choice), ``new_tokens`` and ``decode_s`` (the rest).
+    ``text_only`` never chooses an id the tokenizer cannot decode (CodeGen's embedding has padding
+    rows past the tokenizer's last id); without it the choice is transformers' exactly.
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     cfg = model.config
-    needs_text = bool(stop) or codegen_truncate
+    needs_text = bool(stop) or codegen_truncate or text_only
     if needs_text and model.tokenizer is None:
         raise ValueError(f"{model.source or 'model'} has no tokenizer: stop strings and truncation need one")
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -196,7 +199,9 @@ def decode_steps(
         return
     t0 = time.perf_counter()
     logits = forward(model, ids, attention_mask=mask, cache=cache, last_only=True)[:, -1]  # [B, V]
+    decodable = model.tokenizer.vocab_size if text_only else cfg.vocab_size
     for step in range(steps):
+        logits[:, decodable:] = -np.inf
         nxt = np.full((B, 1), cfg.eos_token_id, np.int64)
         for b, r in enumerate(rows):
             if r.done:
@@ -207,7 +212,7 @@ def decode_steps(
             nxt[b, 0] = tok
             if tok == cfg.eos_token_id:
                 r.done = "eos"
-            elif model.tokenizer is not None:
+            elif model.tokenizer is not None and tok < model.tokenizer.vocab_size:
                 r.text += r.decoder.decode(model.tokenizer.decode_bytes([tok]))
                 if needs_text:
                     r.end = find_end(r.text, stop, codegen_truncate)
@@ -269,7 +274,9 @@ def generate(
     prompts = list(prompt) if batch else [prompt]
     ids = [_prompt_ids(model, p) for p in prompts]
     rows: list[Row] = [Row(p, [], np.random.default_rng(0)) for p in ids]  # as they stay if max_new_tokens == 0
-    for rows in decode_steps(model, ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, truncate):
+    text_only = any(isinstance(p, str) for p in prompts)
+    for rows in decode_steps(model, ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop,
+                             truncate, text_only=text_only):  # fmt: skip
         pass
     out = [completion_text(r) if isinstance(p, str) else r.ids for p, r in zip(prompts, rows)]
     return out if batch else out[0]
@@ -303,7 +310,7 @@ def stream(
     sent = 0
     row = None
     for rows in decode_steps(model, [_prompt_ids(model, prompt)], max_new_tokens, temperature, top_k, top_p,
-                             repetition_penalty, seed, stop, truncate, stats):  # fmt: skip
+                             repetition_penalty, seed, stop, truncate, stats, text_only=True):  # fmt: skip
         row = rows[0]
         if row.done:
             upto = len(completion_text(row))

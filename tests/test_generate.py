@@ -239,3 +239,16 @@ def test_bad_arguments_are_named(pair):
         minicodegen.generate(model, "")
     with pytest.raises(ValueError, match="leaves no room"):
         minicodegen.generate(model, [1] * 256)
+
+
+def test_text_generation_never_picks_padding_rows(checkpoint_factory):
+    """CodeGen's vocab_size (51200) has rows past the tokenizer's last id (50294): text mode skips
+    them, id mode keeps transformers' exact choice."""
+    _, path = checkpoint_factory("padded-vocab", **dict(SHAPE, vocab_size=51200))
+    model = minicodegen.load(path, fast=False)
+    model.tokenizer = Tokenizer.codegen()
+    model.weights["lm_head.bias"] = model.weights["lm_head.bias"].copy()
+    model.weights["lm_head.bias"][51000] = 1e4  # the model "wants" a padding row
+    assert minicodegen.generate(model, [1, 2], max_new_tokens=3) == [51000] * 3
+    text = minicodegen.generate(model, "def", max_new_tokens=3)
+    assert text == model.tokenizer.decode(model.tokenizer.encode(text))  # decodable, no error
