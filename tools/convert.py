@@ -1,0 +1,12 @@
+"""Convert a CodeGen checkpoint (directory, .npz or hub id) into one .npz: the same as
+``python -m minicodegen convert``.
+
+    python tools/convert.py Salesforce/codegen-350M-mono -o codegen-350M-mono.npz [--dtype bfloat16] [--force]
+"""
+
+import sys
+
+from minicodegen.checkpoint import convert_main
+
+if __name__ == "__main__":
+    sys.exit(convert_main(sys.argv[1:]))
