@@ -52,7 +52,7 @@ if len(sys.argv) > 3 and sys.argv[3] == "cold":
     fd = os.open(path, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)
 base = rss()
 t = time.perf_counter()
-m = ck.load_model(path, fast=False)
+m = ck.load_model(path)  # fast=True, the default: Numba kernels
 load_s, load_rss = time.perf_counter() - t, rss() - base
 ids = np.arange(8)[None] * 997 % 50000
 t = time.perf_counter()
