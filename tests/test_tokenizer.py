@@ -88,6 +88,14 @@ def test_attributes(tok):
     assert tok.encode("\t" * 9) == [50287]
 
 
+def test_docstring_examples():
+    import doctest
+
+    import minicodegen.tokenizer
+
+    assert doctest.testmod(minicodegen.tokenizer).failed == 0
+
+
 def test_bytes_to_unicode_and_bpe():
     table = bytes_to_unicode()
     assert sorted(table) == list(range(256)) and len(set(table.values())) == 256

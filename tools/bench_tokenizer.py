@@ -84,7 +84,7 @@ def timed(encode, corpus: list[str]) -> tuple[list[list[int]], float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mb", type=float, default=10.0, help="corpus size in MB (>= 10)")
+    parser.add_argument("--mb", type=float, default=10.0, help="corpus size in MB (default 10)")
     args = parser.parse_args()
 
     corpus = stdlib_sources(int(args.mb * 1e6))
