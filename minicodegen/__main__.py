@@ -116,8 +116,7 @@ def load_model(name: str, threads: int | None):
     try:
         return load(name)
     except HubError as e:
-        raise RuntimeError(f"{e}. Pass --model with a checkpoint directory or an .npz, "
-                           f"or --model tiny for the small demo model that works offline") from None
+        raise RuntimeError(f"{e} (--model PATH; --model tiny is the small demo model that works offline)") from None
 
 
 def run_generate(argv: Sequence[str]) -> int:

@@ -9,7 +9,7 @@ then ``ln_f`` and an ``lm_head`` that has a bias. Weight names are those of the 
 checkpoints (``transformer.h.0.attn.qkv_proj.weight`` …), so a reader can put this file beside
 ``transformers/models/codegen/modeling_codegen.py``.
 
-Weights are plain arrays. A linear weight is stored [n_out, n_in] and may be
+Weights are plain arrays. Norms and biases are float32. A matrix is stored [n_out, n_in] and may be
 - float32;
 - uint16, holding bfloat16 bit patterns (widened to float32 on use);
 - int8, with a float32 ``<name>.scale`` [n_out] beside it: W ≈ W_int8 · scale (per output row).
@@ -135,8 +135,10 @@ def check_weights(cfg: Config, weights: dict[str, np.ndarray], source: str = "ch
         w = weights[name]
         if tuple(w.shape) != shape:
             raise ValueError(f"{source}: weight {name!r} has shape {tuple(w.shape)}, expected {shape}")
-        if w.dtype not in (np.float32, np.float16, np.uint16, np.int8):
-            raise ValueError(f"{source}: weight {name!r} has unsupported dtype {w.dtype}")
+        allowed = (np.float32, np.uint16, np.int8) if len(shape) == 2 else (np.float32,)
+        if w.dtype not in allowed:
+            raise ValueError(f"{source}: weight {name!r} has dtype {w.dtype}, expected one of "
+                             f"{', '.join(np.dtype(t).name for t in allowed)} (loaders widen the others)")
         out[name] = w
         if w.dtype == np.int8:
             s = weights.get(name + ".scale")
