@@ -135,10 +135,8 @@ def check_weights(cfg: Config, weights: dict[str, np.ndarray], source: str = "ch
         w = weights[name]
         if tuple(w.shape) != shape:
             raise ValueError(f"{source}: weight {name!r} has shape {tuple(w.shape)}, expected {shape}")
-        allowed = (np.float32, np.uint16, np.int8) if len(shape) == 2 else (np.float32,)
-        if w.dtype not in allowed:
-            raise ValueError(f"{source}: weight {name!r} has dtype {w.dtype}, expected one of "
-                             f"{', '.join(np.dtype(t).name for t in allowed)} (loaders widen the others)")
+        if w.dtype not in (np.float32, np.float16, np.uint16, np.int8):
+            raise ValueError(f"{source}: weight {name!r} has unsupported dtype {w.dtype}")
         out[name] = w
         if w.dtype == np.int8:
             s = weights.get(name + ".scale")
@@ -384,6 +382,11 @@ class Model:
 
     def __post_init__(self) -> None:
         self.weights = check_weights(self.config, self.weights, self.source or "weights")
+        for name, w in self.weights.items():  # what the forward pass computes with
+            allowed = (np.float32, np.uint16, np.int8) if w.ndim == 2 else (np.float32,)
+            if w.dtype not in allowed:
+                raise ValueError(f"{self.source or 'weights'}: weight {name!r} has dtype {w.dtype}; the model takes "
+                                 f"{'/'.join(np.dtype(t).name for t in allowed)} (load() widens float16 and 1-D bf16)")
         self.sincos = ops.sinusoid_table(self.config.n_positions, self.config.rotary_dim)
 
     def logits(self, input_ids: Any, attention_mask: Any = None, position_ids: Any = None) -> np.ndarray:
