@@ -198,6 +198,59 @@ def _prefetch(typingctx, arr, idx):
     return types.void(arr, idx), codegen
 
 
+@intrinsic
+def _bits_as_f32(typingctx, k):
+    """float32 whose bit pattern is the low 32 bits of the integer k."""
+    if not isinstance(k, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        if sig.args[0].bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        elif sig.args[0].bitwidth < 32:
+            v = builder.zext(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(k), codegen
+
+
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)  # ln 2 = _LN2_HI + _LN2_LO; k * _LN2_HI is exact
+_LN2_LO = np.float32(-2.12194440e-4)
+
+
+@njit(inline="always", fastmath={"contract"}, error_model="numpy")
+def _exp_f32(x):  # pragma: no cover - compiled
+    """exp(x) in float32, vectorizable (math.exp is a libm call LLVM cannot vectorize).
+
+    Range reduction: x = k ln2 + r with k = round(x / ln2), |r| <= ln2 / 2; then
+    exp(x) = 2^k * exp(r), exp(r) by its Taylor series to r^7 (truncation error
+    < 1e-8 relative) and 2^k built directly from its exponent bits.  Error below
+    1 ulp for -87.3 <= x <= 88.3; below that the result is 0 (float32 underflow,
+    denormals flushed), above it +inf, NaN stays NaN.
+    """
+    if x != x:
+        return x
+    xc = min(max(x, np.float32(-87.3)), np.float32(88.3))
+    kf = np.float32(math.floor(xc * _LOG2E + np.float32(0.5)))
+    r = (xc - kf * _LN2_HI) - kf * _LN2_LO
+    p = np.float32(1.0 / 5040.0)
+    p = p * r + np.float32(1.0 / 720.0)
+    p = p * r + np.float32(1.0 / 120.0)
+    p = p * r + np.float32(1.0 / 24.0)
+    p = p * r + np.float32(1.0 / 6.0)
+    p = p * r + np.float32(0.5)
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    y = p * _bits_as_f32((np.int64(kf) + 127) << 23)
+    if x < np.float32(-87.3):
+        y = np.float32(0.0)
+    elif x > np.float32(88.3):
+        y = np.float32(np.inf)
+    return y
+
+
 # ---------------------------------------------------------------------------
 # Matrix-vector kernels (decode).  Shapes: x [T, n_in] float32, y [T, n_out].
 # Parallel over output rows (each thread streams a contiguous band of W); each
@@ -218,7 +271,7 @@ def _prefetch_ahead(W, j, n, pf, step):  # pragma: no cover - compiled
             _prefetch(W, p)
 
 
-@njit(parallel=True, fastmath=_FM, cache=True)
+@njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
 def _gemv_f32(x, W, b, y, pf):  # pragma: no cover - compiled
     """y = x @ W.T (+ b).   x [T, n_in] f32, W [n_out, n_in] f32, b [n_out] f32 | None."""
     T, n = x.shape
@@ -236,7 +289,7 @@ def _gemv_f32(x, W, b, y, pf):  # pragma: no cover - compiled
             y[t, j] = acc
 
 
-@njit(parallel=True, fastmath=_FM, cache=True)
+@njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
 def _gemv_bf16(x, W, b, y, pf):  # pragma: no cover - compiled
     """y = x @ widen(W).T (+ b).   x [T, n_in] f32, W [n_out, n_in] u16 (bf16 bits)."""
     T, n = x.shape
@@ -254,7 +307,7 @@ def _gemv_bf16(x, W, b, y, pf):  # pragma: no cover - compiled
             y[t, j] = acc
 
 
-@njit(parallel=True, fastmath=_FM, cache=True)
+@njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
 def _gemv_bf16_pairs(xe, xo, W2, b, y, pf):  # pragma: no cover - compiled
     """y = x @ widen(W).T (+ b) with W read as pairs of bf16 in uint32 words.
 
@@ -280,7 +333,7 @@ def _gemv_bf16_pairs(xe, xo, W2, b, y, pf):  # pragma: no cover - compiled
             y[t, j] = acc
 
 
-@njit(parallel=True, fastmath=_FM, cache=True)
+@njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
 def _gemv_int8(x, Wq, scale, b, y, pf):  # pragma: no cover - compiled
     """y = (x @ Wq.T) * scale (+ b).   Wq [n_out, n_in] i8, scale [n_out] f32."""
     T, n = x.shape
@@ -305,7 +358,7 @@ def _gemv_int8(x, Wq, scale, b, y, pf):  # pragma: no cover - compiled
 # ---------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, error_model="numpy", cache=True)
 def _widen_bf16_rows(W, j0, out):  # pragma: no cover - compiled
     """out[r] = widen(W[j0 + r]) for r < out.shape[0].   out [R, n_in] f32."""
     R, n = out.shape
@@ -316,7 +369,7 @@ def _widen_bf16_rows(W, j0, out):  # pragma: no cover - compiled
             o[i] = _bf16_to_f32(w[i])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, error_model="numpy", cache=True)
 def _widen_int8_rows(Wq, j0, out):  # pragma: no cover - compiled
     """out[r] = float32(Wq[j0 + r]) (exact; the scale is applied after the product)."""
     R, n = out.shape
@@ -480,25 +533,26 @@ def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None,
 # ---------------------------------------------------------------------------
 
 
-@njit(parallel=True, fastmath=_FM, cache=True)
+@njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
 def _attend(q, k, v, S, allowed, bias, out):  # pragma: no cover - compiled
     """Causal softmax attention over the first S cached positions.
 
-    q [B, H, T, D], k/v [B, H, S_cap, D], allowed [B, S] bool, bias [B, S] f32,
-    out [B, H, T, D].  Query t sits at position p = S - T + t and sees keys
-    j <= p with allowed[b, j]; score = q.k / sqrt(D) + bias[b, j].  A query
-    with no visible key gets a zero output.
+    q [B, H, T, D], k/v [B, H, S_cap, D], allowed [B, S] bool, bias [B, S] f32
+    or None, out [B, H, T, D].  Query t sits at position S - T + t and sees
+    keys j <= S - T + t with allowed[b, j]; score = q.k / sqrt(D) (+ bias[b, j]);
+    weights = softmax over the visible keys (exactly 0 elsewhere).  A query with
+    no visible key gets a zero output.
     """
     B, H, T, D = q.shape
     scale = np.float32(math.sqrt(D))
     for bh in prange(B * H):
         bi = bh // H
         h = bh % H
-        p = np.empty(S, np.float32)
+        p = np.empty(S, np.float32)  # scores, then weights, of one query
         for t in range(T):
             qt = q[bi, h, t]
             o = out[bi, h, t]
-            last = S - T + t  # last visible key position
+            last = S - T + t  # position of this query = last key it may see
             m = np.float32(-np.inf)
             for j in range(last + 1):
                 if allowed[bi, j]:
@@ -506,19 +560,20 @@ def _attend(q, k, v, S, allowed, bias, out):  # pragma: no cover - compiled
                     s = np.float32(0.0)
                     for d in range(D):
                         s += qt[d] * kj[d]
-                    s = s / scale + bias[bi, j]
+                    s = s / scale
+                    if bias is not None:
+                        s += bias[bi, j]
                     p[j] = s
-                    if s > m:
-                        m = s
+                    m = max(m, s)
                 else:
                     p[j] = -np.inf
             for d in range(D):
                 o[d] = 0.0
             if m == -np.inf:
-                continue  # no visible key (a pad position): zero output
+                continue  # no visible key (a padding position): zero output
             tot = np.float32(0.0)
             for j in range(last + 1):
-                e = np.float32(math.exp(p[j] - m))  # exp(-inf) = 0 for masked keys
+                e = _exp_f32(p[j] - m)  # exactly 0 for masked keys (exp(-inf))
                 p[j] = e
                 tot += e
             inv = np.float32(1.0) / tot
@@ -530,28 +585,28 @@ def _attend(q, k, v, S, allowed, bias, out):  # pragma: no cover - compiled
                         o[d] += w * vj[d]
 
 
-def _mask_arrays(key_mask: np.ndarray | None, B: int, S: int) -> tuple[np.ndarray, np.ndarray]:
-    """(allowed bool [B, S], bias float32 [B, S]) from a key mask.
+def _mask_arrays(key_mask: np.ndarray | None, B: int, S: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(allowed bool [B, S], bias float32 [B, S] or None) from a key mask.
 
     bool / integer masks: nonzero = attend.  Float masks are additive: the value
     is added to the score, and a value <= -1e9 (or -inf) masks the key.
     """
     if key_mask is None:
-        return np.ones((B, S), np.bool_), np.zeros((B, S), np.float32)
+        return _ro(np.ones((B, S), np.bool_)), None
     m = np.asarray(key_mask)
     if m.ndim == 1:
         m = m[None, :]
-    if m.ndim != 2 or m.shape[1] < S:
-        raise ValueError(f"key_mask must be [B, >= S={S}], got {m.shape}")
+    if m.ndim != 2 or m.shape[1] < S or m.shape[0] not in (1, B):
+        raise ValueError(f"key_mask must be [B={B}, >= S={S}], got {m.shape}")
     m = np.broadcast_to(m[:, :S], (B, S))
     if m.dtype.kind == "f":
         m32 = m.astype(np.float32)
         allowed = m32 > _MASKED_AT_OR_BELOW
         bias = np.where(allowed, m32, np.float32(0.0)).astype(np.float32)
-    else:
-        allowed = np.ascontiguousarray(m != 0)
-        bias = np.zeros((B, S), np.float32)
-    return _ro(allowed), _ro(bias)
+        return _ro(allowed), _ro(bias)
+    if m.dtype != np.bool_:
+        m = m != 0
+    return _ro(np.ascontiguousarray(m)), None
 
 
 def attend_cached(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, S: int,
@@ -586,7 +641,7 @@ def attend_cached(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, S: in
 # ---------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
 def _layer_norm(x, g, b, eps, y):  # pragma: no cover - compiled
     """Row-wise (x - mean) / sqrt(var + eps) * g + b; x, y [N, E]; stats in float64."""
     N, E = x.shape
@@ -620,18 +675,20 @@ def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -
     return y.reshape(x.shape)
 
 
-_GELU_C = np.float32(math.sqrt(2.0 / math.pi))
-
-
-@njit(parallel=True, cache=True)
+@njit(parallel=True, fastmath={"contract"}, error_model="numpy", cache=True)
 def _gelu_new(x, y):  # pragma: no cover - compiled
-    """y = 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x**3))), flat f32."""
-    c = np.float32(0.7978845608028654)
+    """y = 0.5 * x * (1 + tanh(u)), u = sqrt(2/pi) * (x + 0.044715 * x**3); flat f32.
+
+    Computed as y = x / (1 + exp(-2u)), the same function (0.5 (1 + tanh u) is
+    the logistic sigmoid of 2u), with the vectorizable _exp_f32: one exp and one
+    division per element instead of a scalar libm tanh.
+    """
+    c2 = np.float32(2.0 * 0.7978845608028654)  # 2 sqrt(2/pi)
     a = np.float32(0.044715)
     for i in prange(x.shape[0]):
         xi = x[i]
-        u = c * (xi + a * (xi * xi * xi))
-        y[i] = np.float32(0.5) * xi * (np.float32(1.0) + np.float32(math.tanh(u)))
+        u2 = c2 * (xi + a * (xi * xi * xi))
+        y[i] = xi / (np.float32(1.0) + _exp_f32(-u2))
 
 
 def gelu_new(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -691,6 +748,7 @@ def warmup() -> float:
     q = rng.standard_normal((1, 2, 1, 8), dtype=np.float32)
     kc = rng.standard_normal((1, 2, 4, 8), dtype=np.float32)
     attend_cached(q, kc, kc, 3, np.ones((1, 3), bool))
+    attend_cached(q, kc, kc, 3, np.zeros((1, 3), np.float32))  # additive mask
     E = 8
     layer_norm(rng.standard_normal((2, E), dtype=np.float32), np.ones(E, np.float32),
                np.zeros(E, np.float32), 1e-5)
