@@ -351,6 +351,28 @@ def test_gelu_new(seed, rows, n, in_place):
         assert np.all(np.abs(y - ops.gelu_new(x)) <= 2 * tol)
 
 
+def test_exp_f32_within_one_ulp():
+    """The vectorizable exp behind gelu_new and the attention softmax."""
+    from numba import njit
+
+    @njit
+    def vexp(x, y):
+        for i in range(x.shape[0]):
+            y[i] = K._exp_f32(x[i])
+
+    x = np.concatenate([np.linspace(-87.3, 88.3, 400_001), np.linspace(-1, 1, 100_001)]).astype(np.float32)
+    y = np.empty_like(x)
+    vexp(x, y)
+    ref = np.exp(x.astype(np.float64))
+    ulp = np.spacing(ref.astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(y - ref) / ulp) <= 1.0
+    special = np.array([0.0, -np.inf, -200.0, -87.5, np.nan, 89.0, np.inf], np.float32)
+    y = np.empty_like(special)
+    vexp(special, y)
+    assert y[0] == 1.0 and y[1] == 0.0 and y[2] == 0.0 and y[3] == 0.0
+    assert np.isnan(y[4]) and y[5] == np.inf and y[6] == np.inf
+
+
 def test_warmup_and_threads():
     assert K.warmup() >= 0.0
     n = K.get_threads()

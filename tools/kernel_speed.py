@@ -69,9 +69,10 @@ except ImportError:
 @njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
 def _row_sums(a, out):
     """Read-rate probe: out[r] = sum(a[r]), the same access pattern as the
-    linear kernels (parallel over rows, vectorized inner loop)."""
+    linear kernels (parallel over rows, vectorized inner loop, prefetch)."""
     n = a.shape[1]
     for r in prange(a.shape[0]):
+        K._prefetch_ahead(a, r, n, 512, 16)  # 2 KiB ahead, like the kernels
         row = a[r]
         s = np.float32(0.0)
         for i in range(n):
