@@ -109,14 +109,9 @@ def load_model(name: str, threads: int | None):
     from . import kernels
     from .model import load
 
-    from .checkpoint import HubError
-
     if threads is not None:
         kernels.set_threads(threads)
-    try:
-        return load(name)
-    except HubError as e:
-        raise RuntimeError(f"{e} (--model PATH; --model tiny is the small demo model that works offline)") from None
+    return load(name)  # an unreachable hub raises HubUnreachableError, which names --model PATH and --model tiny
 
 
 def run_generate(argv: Sequence[str]) -> int:

@@ -667,7 +667,8 @@ def _unreachable(repo: str, cause: BaseException) -> HubUnreachableError:
     detail = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
     return HubUnreachableError(
         f"could not reach the hub at {_endpoint()} to fetch {repo} ({detail}); check your connection or HF_ENDPOINT, "
-        "or pass a local path instead: a checkpoint directory or a converted .npz"
+        "or use a local model instead: a checkpoint directory or a converted .npz (--model PATH), "
+        "or 'tiny', the small demo model that ships with minicodegen and works offline (--model tiny)"
     )
 
 

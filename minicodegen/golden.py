@@ -307,19 +307,11 @@ def write_golden(model: Model, prompt: str | Sequence[int], path: str | os.PathL
     same directory and renamed into place, so ``path`` is either the old file or the complete new
     one, never a partial write.
     """
+    from .checkpoint import atomic_output
+
     arrays = golden_arrays(model, prompt, steps)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a new file's usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(Path(path), force=True) as f:
+        np.savez(f, **arrays)
     return arrays
 
 
@@ -391,14 +383,9 @@ def golden_main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"{out} exists (pass --force to overwrite)")
         if not out.parent.is_dir():
             raise ValueError(f"cannot write {out}: directory {out.parent} does not exist")
-        from .checkpoint import HubError
         from .model import load
 
-        try:
-            model = load(args.model, fast=False)
-        except HubError as e:
-            raise RuntimeError(f"{e}. Pass --model with a checkpoint directory or an .npz, or --model tiny "
-                               f"for the small demo model that works offline") from None
+        model = load(args.model, fast=False)
         arrays = write_golden(model, prompt, out, steps=args.steps)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

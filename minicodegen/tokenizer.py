@@ -548,7 +548,8 @@ class Tokenizer:
         >>> Tokenizer.codegen().encode_ordinary("  x")  # no indent token: "Ġ" "Ġx"
         [220, 2124]
         """
-        return self._ids(SPLIT_RE.findall(text))
+        # Not through the word cache: it maps the added tokens' text ("  ") to their ids.
+        return [self.vocab[t] for word in SPLIT_RE.findall(text) for t in bpe(to_alphabet(word), self.ranks)]
 
     def _ids(self, words: list[str]) -> list[int]:
         # The cache maps a word (raw text) to its ids and starts with every added token, so

@@ -390,3 +390,18 @@ def test_unsupported_tokenizer_json(ref, tmp_path):
     write(tmp_path / "tokenizer.json", "{\n  oops")
     with pytest.raises(ValueError, match=r"tokenizer\.json: line 2"):
         Tokenizer.from_dir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def plain_ref() -> CodeGenTokenizer:
+    return reference_tokenizer(added=False)
+
+
+@settings(max_examples=100, deadline=None)
+@given(CODEY_TEXT)
+def test_encode_ordinary_is_plain_gpt2(tok, plain_ref, text):
+    """encode_ordinary ignores the added whitespace tokens, even right after encode cached them.
+    (It reads "<|endoftext|>" as plain text too, where transformers sees the special token.)"""
+    text = text.replace("<|endoftext|>", "")
+    tok.encode(text)
+    assert tok.encode_ordinary(text) == plain_ref.encode(text)
