@@ -27,7 +27,6 @@ import copy
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
