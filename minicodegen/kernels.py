@@ -355,25 +355,29 @@ def _gemv_int8(x, Wq, scale, b, y, pf):  # pragma: no cover - compiled
 
 # ---------------------------------------------------------------------------
 # Widening kernels for the prefill path: a block of W rows -> float32 tile.
+# Deliberately single-threaded: they run between BLAS calls, whose worker
+# threads keep spinning for a while after each call; waking Numba's workers
+# then makes both pools fight for the cores (measured: parallel widening was
+# 2-6x slower there than this loop on the main thread).
 # ---------------------------------------------------------------------------
 
 
-@njit(parallel=True, error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True)
 def _widen_bf16_rows(W, j0, out):  # pragma: no cover - compiled
     """out[r] = widen(W[j0 + r]) for r < out.shape[0].   out [R, n_in] f32."""
     R, n = out.shape
-    for r in prange(R):
+    for r in range(R):
         w = W[j0 + r]
         o = out[r]
         for i in range(n):
             o[i] = _bf16_to_f32(w[i])
 
 
-@njit(parallel=True, error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True)
 def _widen_int8_rows(Wq, j0, out):  # pragma: no cover - compiled
     """out[r] = float32(Wq[j0 + r]) (exact; the scale is applied after the product)."""
     R, n = out.shape
-    for r in prange(R):
+    for r in range(R):
         w = Wq[j0 + r]
         o = out[r]
         for i in range(n):
@@ -433,12 +437,17 @@ def _tiled_blas(x2: np.ndarray, W: np.ndarray, widen, b: np.ndarray | None,
         y = x2 @ tile.T
     else:
         tile = np.empty((R, n_in), np.float32)
+        part = np.empty((T, R), np.float32)
         y = np.empty((T, n_out), np.float32)
         for j0 in range(0, n_out, R):
             r = min(R, n_out - j0)
             t = tile[:r]
             widen(W, j0, t)
-            y[:, j0:j0 + r] = x2 @ t.T  # (matmul into a strided out= skips BLAS)
+            if r == R:  # BLAS needs a contiguous out=, so multiply into `part`, then copy
+                np.matmul(x2, t.T, out=part)
+                y[:, j0:j0 + r] = part
+            else:
+                y[:, j0:j0 + r] = x2 @ t.T
     if scale is not None:
         y *= scale
     if b is not None:
