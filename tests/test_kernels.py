@@ -181,6 +181,11 @@ def test_linear_memmap_and_layouts(tmp_path):
         np.testing.assert_array_equal(K.linear(x, Wq, b, scale=scale), K.linear_int8(x, Wq, scale, b))
         Wt = np.asfortranarray(W)
         np.testing.assert_array_equal(K.linear_f32(x, Wt, b), K.linear_f32(x, W, b))
+    # unaligned read-only buffers (a mapped file may place a tensor at any byte offset)
+    for a, a64 in ((W, W.astype(np.float64)), (W16, widen(W16).astype(np.float64))):
+        raw = np.frombuffer(b"\0" + a.tobytes(), a.dtype, offset=1).reshape(a.shape)
+        assert not raw.flags.aligned and not raw.flags.writeable
+        check_linear(K.linear(x, raw, b).reshape(-1, n_out), x.reshape(-1, n_in), a64, b)
     with pytest.raises(TypeError):
         K.linear(x, W.astype(np.float64))
     with pytest.raises(ValueError):
