@@ -63,6 +63,7 @@ __all__ = [
     "linear_f32",
     "linear_bf16",
     "linear_int8",
+    "linear_f16",
     "attend_cached",
     "layer_norm",
     "gelu_new",
@@ -142,6 +143,20 @@ def _bf16_to_f32(typingctx, u):
         v = builder.zext(args[0], ir.IntType(32))
         v = builder.shl(v, ir.Constant(ir.IntType(32), 16))
         return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(u), codegen
+
+
+@intrinsic
+def _f16_to_f32(typingctx, u):
+    """float32 value of the IEEE half-precision number with bit pattern u16 (exact;
+    one vcvtph2ps instruction for 8 or 16 values once vectorized)."""
+    if not (isinstance(u, types.Integer) and u.bitwidth == 16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        h = builder.bitcast(args[0], ir.HalfType())
+        return builder.fpext(h, ir.FloatType())
 
     return types.float32(u), codegen
 
@@ -308,6 +323,24 @@ def _gemv_bf16(x, W, b, y, pf):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
+def _gemv_f16(x, W, b, y, pf):  # pragma: no cover - compiled
+    """y = x @ W.astype(float32).T (+ b).   W [n_out, n_in] u16 (float16 bits)."""
+    T, n = x.shape
+    n_out = W.shape[0]
+    for j in prange(n_out):
+        _prefetch_ahead(W, j, n, pf, 32)
+        w = W[j]
+        for t in range(T):
+            xt = x[t]
+            acc = np.float32(0.0)
+            for i in range(n):
+                acc += xt[i] * _f16_to_f32(w[i])
+            if b is not None:
+                acc += b[j]
+            y[t, j] = acc
+
+
+@njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
 def _gemv_bf16_pairs(xe, xo, W2, b, y, pf):  # pragma: no cover - compiled
     """y = x @ widen(W).T (+ b) with W read as pairs of bf16 in uint32 words.
 
@@ -371,6 +404,17 @@ def _widen_bf16_rows(W, j0, out):  # pragma: no cover - compiled
         o = out[r]
         for i in range(n):
             o[i] = _bf16_to_f32(w[i])
+
+
+@njit(error_model="numpy", cache=True)
+def _widen_f16_rows(W, j0, out):  # pragma: no cover - compiled
+    """out[r] = float32(W[j0 + r]) for float16 bits W (exact)."""
+    R, n = out.shape
+    for r in range(R):
+        w = W[j0 + r]
+        o = out[r]
+        for i in range(n):
+            o[i] = _f16_to_f32(w[i])
 
 
 @njit(error_model="numpy", cache=True)
@@ -500,6 +544,24 @@ def linear_bf16(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np
     return y.reshape(*lead, n_out)
 
 
+def linear_f16(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """``x @ W.astype(float32).T + b`` for float16 ``W [n_out, n_in]`` (exact
+    widening in registers, like linear_bf16)."""
+    if W.dtype != np.float16 or W.ndim != 2:
+        raise TypeError(f"W must be a 2-D float16 array, got {W.dtype} {W.shape}")
+    W = _check_w(np.ascontiguousarray(W).view(np.uint16), np.uint16, "W")
+    n_out, n_in = W.shape
+    x2, lead = _prep_x(x, n_in)
+    b = _prep_vec(b, n_out, "b")
+    T = x2.shape[0]
+    if T <= STREAM_MAX_T:
+        y = np.empty((T, n_out), np.float32)
+        _gemv_f16(_ro(x2), W, b, y, PREFETCH_BYTES // 2)
+    else:
+        y = _tiled_blas(x2, W, _widen_f16_rows, b, None)
+    return y.reshape(*lead, n_out)
+
+
 def linear_int8(x: np.ndarray, Wq: np.ndarray, scale: np.ndarray,
                 b: np.ndarray | None = None) -> np.ndarray:
     """``(x @ Wq.T) * scale + b`` for int8 ``Wq [n_out, n_in]``, float32 ``scale [n_out]``.
@@ -527,13 +589,15 @@ def linear_int8(x: np.ndarray, Wq: np.ndarray, scale: np.ndarray,
 def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None,
            scale: np.ndarray | None = None) -> np.ndarray:
     """Dispatch on the weight dtype: float32 -> linear_f32, uint16 (bf16 bits)
-    -> linear_bf16, int8 (needs ``scale``) -> linear_int8."""
+    -> linear_bf16, int8 (needs ``scale``) -> linear_int8, float16 -> linear_f16."""
     if W.dtype == np.float32:
         return linear_f32(x, W, b)
     if W.dtype == np.uint16:
         return linear_bf16(x, W, b)
     if W.dtype == np.int8:
         return linear_int8(x, W, scale, b)
+    if W.dtype == np.float16:
+        return linear_f16(x, W, b)
     raise TypeError(f"unsupported weight dtype {W.dtype}")
 
 
@@ -737,7 +801,7 @@ def get_threads() -> int:
 
 def warmup() -> float:
     """Compile (or load from the on-disk cache) every kernel signature the model
-    uses: linear fp32 / bf16 / int8 with and without bias (decode and prefill
+    uses: linear fp32 / bf16 / int8 / fp16 with and without bias (decode and prefill
     paths), attention, layer norm, gelu.  Returns the seconds it took."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
@@ -754,6 +818,7 @@ def warmup() -> float:
             linear_bf16(x, Wb, b)
             linear_bf16(x[:, :-1], Wb[:, :-1], b)  # odd n_in path
             linear_int8(x, Wq, sc, b)
+            linear_f16(x, Wf.astype(np.float16), b)
     q = rng.standard_normal((1, 2, 1, 8), dtype=np.float32)
     kc = rng.standard_normal((1, 2, 4, 8), dtype=np.float32)
     attend_cached(q, kc, kc, 3, np.ones((1, 3), bool))

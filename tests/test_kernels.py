@@ -121,10 +121,25 @@ def test_linear_int8(seed, T, n_out, n_in, with_bias, ro):
     check_linear(y, x, Wq.astype(np.float64) * scale[:, None].astype(np.float64), b, extra_terms=1)
 
 
+@SETTINGS
+@given(seeds, Ts, odd_sizes, odd_sizes, st.booleans(), st.booleans())
+def test_linear_f16(seed, T, n_out, n_in, with_bias, ro):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((T, n_in)).astype(np.float32)
+    W = rng.standard_normal((n_out, n_in)).astype(np.float16)
+    b = rng.standard_normal(n_out).astype(np.float32) if with_bias else None
+    if ro:
+        x, W = readonly(x), readonly(W)
+        b = None if b is None else readonly(b)
+    y = K.linear(x, W, b)
+    check_linear(y, x, W.astype(np.float64), b)
+
+
 @pytest.mark.parametrize("T", [1, 3, K.STREAM_MAX_T, K.STREAM_MAX_T + 1, 40])
 @pytest.mark.parametrize("n_in", [63, 64, 1024])
-def test_bf16_widening_is_exact(T, n_in):
-    """With x = rows of the identity every output is one widened weight: exact equality."""
+def test_widening_is_exact(T, n_in):
+    """With x = rows of the identity every output is one widened weight: exact equality
+    (bf16, int8, float16)."""
     rng = np.random.default_rng(T * 1000 + n_in)
     n_out = 37
     W16 = to_bf16(rng.standard_normal((n_out, n_in)).astype(np.float32))
@@ -134,6 +149,9 @@ def test_bf16_widening_is_exact(T, n_in):
     Wq = rng.integers(-128, 128, (n_out, n_in)).astype(np.int8)
     y = K.linear_int8(x, Wq, np.ones(n_out, np.float32))
     np.testing.assert_array_equal(y, x @ Wq.astype(np.float32).T)
+    W16 = rng.standard_normal((n_out, n_in)).astype(np.float16)
+    W16[0, :3] = [6e-8, -3e-5, 65504]  # subnormal and largest half floats widen exactly too
+    np.testing.assert_array_equal(K.linear_f16(x, W16), x @ W16.astype(np.float32).T)
 
 
 @pytest.mark.parametrize("T", [1, 2, 8, 9, 64])
