@@ -67,6 +67,7 @@ __all__ = [
     "attend_cached",
     "layer_norm",
     "gelu_new",
+    "apply_rotary",
     "set_threads",
     "get_threads",
     "warmup",
@@ -777,6 +778,57 @@ def gelu_new(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
+@njit(parallel=True, error_model="numpy", cache=True)
+def _rotary(x, sincos, rotary_dim, out):  # pragma: no cover - compiled
+    """GPT-J rotary embedding, like ops.apply_rotary (bit for bit: no fused
+    multiply-add, so every product and sum rounds as NumPy's do).
+
+    x [B, T, H, D] (any strides), sincos [B, T, rotary_dim] = [sin | cos],
+    out [B, T, H, D].  Channel pair (2i, 2i+1) is rotated by angle i:
+    (a, b) -> (a cos - b sin, b cos + a sin); channels >= rotary_dim are copied.
+    """
+    B, T, H, D = x.shape
+    half = rotary_dim // 2
+    for bt in prange(B * T):
+        bi = bt // T
+        t = bt % T
+        sc = sincos[bi, t]
+        for h in range(H):
+            xr = x[bi, t, h]
+            o = out[bi, t, h]
+            for i in range(half):
+                s = sc[i]
+                c = sc[half + i]
+                a = xr[2 * i]
+                b2 = xr[2 * i + 1]
+                o[2 * i] = a * c - b2 * s
+                o[2 * i + 1] = b2 * c + a * s
+            for d in range(rotary_dim, D):
+                o[d] = xr[d]
+
+
+def apply_rotary(x: np.ndarray, sincos: np.ndarray, rotary_dim: int,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """Rotary embedding of the first ``rotary_dim`` channels of every head, equal
+    bit for bit to ``ops.apply_rotary``; one pass instead of NumPy's temporaries.
+
+    x [B, T, H, D] float32 (may be a strided view, e.g. from ops.split_qkv),
+    sincos [B, T, rotary_dim] -> out [B, T, H, D] (new C-contiguous array, or
+    ``out``)."""
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    B, T, H, D = x.shape
+    if rotary_dim % 2 or not 0 <= rotary_dim <= D:
+        raise ValueError(f"rotary_dim must be even and <= D={D}, got {rotary_dim}")
+    sincos = np.asarray(sincos, dtype=np.float32)
+    if sincos.shape != (B, T, rotary_dim):
+        sincos = np.ascontiguousarray(np.broadcast_to(sincos, (B, T, rotary_dim)))
+    if out is None:
+        out = np.empty((B, T, H, D), np.float32)
+    _rotary(_ro(x), _ro(sincos), rotary_dim, out)
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Threads and warm-up.
 # ---------------------------------------------------------------------------
@@ -802,7 +854,7 @@ def get_threads() -> int:
 def warmup() -> float:
     """Compile (or load from the on-disk cache) every kernel signature the model
     uses: linear fp32 / bf16 / int8 / fp16 with and without bias (decode and prefill
-    paths), attention, layer norm, gelu.  Returns the seconds it took."""
+    paths), attention, layer norm, gelu, rotary.  Returns the seconds it took."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     n_out, n_in = 24, 16
@@ -827,4 +879,7 @@ def warmup() -> float:
     layer_norm(rng.standard_normal((2, E), dtype=np.float32), np.ones(E, np.float32),
                np.zeros(E, np.float32), 1e-5)
     gelu_new(rng.standard_normal((2, E), dtype=np.float32))
+    qkv = rng.standard_normal((1, 2, 3 * 4 * 8), dtype=np.float32).reshape(1, 2, 4, 3, 8)
+    apply_rotary(qkv[:, :, :, 0], rng.standard_normal((1, 2, 4), dtype=np.float32), 4)  # strided view
+    apply_rotary(np.ascontiguousarray(qkv[:, :, :, 0]), rng.standard_normal((1, 2, 4), dtype=np.float32), 4)
     return time.perf_counter() - t0

@@ -374,6 +374,26 @@ def test_gelu_new(seed, rows, n, in_place):
         assert np.all(np.abs(y - ops.gelu_new(x)) <= 2 * tol)
 
 
+@SETTINGS
+@given(seeds, st.integers(1, 3), st.integers(1, 9), st.integers(1, 5), st.sampled_from([2, 8, 17, 64, 80]), st.data())
+def test_apply_rotary(seed, B, T, H, D, data):
+    rd = data.draw(st.sampled_from([r for r in (0, 2, 4, 8, 16, 32, 64) if r <= D]))
+    rng = np.random.default_rng(seed)
+    wide = rng.standard_normal((B, T, H, 2 * D)).astype(np.float32)
+    x = wide[..., ::2]  # a strided view, like the heads split out of the fused projection
+    theta = rng.uniform(-50, 50, (B, T, rd // 2))
+    sincos = np.concatenate([np.sin(theta), np.cos(theta)], -1).astype(np.float32)
+    y = K.apply_rotary(x, readonly(sincos), rd)
+    # closed form: pair (2i, 2i+1) as a complex number times e^{i theta}
+    x64, s64, c64 = x.astype(np.float64), sincos[..., : rd // 2, None], sincos[..., rd // 2 :, None]
+    z = (x64[..., 0:rd:2] + 1j * x64[..., 1:rd:2]) * (c64 + 1j * s64).transpose(0, 1, 3, 2)
+    ref = x64.copy()
+    ref[..., 0:rd:2], ref[..., 1:rd:2] = z.real, z.imag
+    np.testing.assert_allclose(y, ref, rtol=0, atol=4 * U * (np.abs(x).max() + 1))
+    if ops is not None and hasattr(ops, "apply_rotary"):
+        np.testing.assert_array_equal(y, ops.apply_rotary(x, sincos, rd))  # bit for bit
+
+
 def test_exp_f32_within_about_one_ulp():
     """The vectorizable exp behind gelu_new and the attention softmax."""
     from numba import njit
