@@ -737,7 +737,7 @@ def test_unreachable_hub(tmp_path, isolated_hub):
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "convert.py"), "Salesforce/codegen-350M-mono", "-o", str(tmp_path / "x.npz")],
                        capture_output=True, text=True, env=hub_env(tmp_path, endpoint), timeout=120)  # fmt: skip
     assert r.returncode == 1
-    assert r.stderr.count("\n") == 1 and "could not reach the hub at " + endpoint in r.stderr and "local path" in r.stderr
+    assert r.stderr.count("\n") == 1 and "could not reach the hub at " + endpoint in r.stderr and "local model" in r.stderr
     assert not (tmp_path / "x.npz").exists()
 
 
