@@ -15,22 +15,25 @@ Why kernels at all?
   bytes to read; the kernels widen them to float32 *in registers*, so no float32
   copy of the matrix is ever written to memory.
 * Reading a prompt (prefill, T = hundreds of tokens) is a matrix-*matrix*
-  product: compute-bound, and BLAS sgemm is hard to beat.  For bf16 / int8
-  weights we widen a block of rows into a small float32 tile and hand the tile
-  to BLAS, so prefill costs the same as with float32 weights.
+  product: compute-bound, and BLAS sgemm is hard to beat.  For bf16 / int8 /
+  float16 weights we widen a block of rows into a float32 tile and hand the
+  tile to BLAS, so prefill costs about the same as with float32 weights.
+* Element-wise ops (layer norm, gelu, rotary) are one pass over memory here
+  instead of NumPy's chain of temporaries.
 
 Conventions (shared with ``minicodegen.ops`` and ``minicodegen.model``):
 
 * A linear layer stores ``W [n_out, n_in]`` like PyTorch and computes
   ``y = x @ W.T + b``.
 * bf16 weights are ``uint16`` arrays holding the bf16 bit patterns.  Widening is
-  exact: ``float32 = (uint32(u16) << 16) viewed as float32``.
+  exact: ``float32 = (uint32(u16) << 16) viewed as float32``.  float16 weights
+  (``np.float16``) are widened exactly too.
 * int8 weights are ``Wq int8 [n_out, n_in]`` plus ``scale float32 [n_out]``
   (symmetric, per output channel): ``y = (x @ Wq.T) * scale + b``, which equals
   ``x @ (Wq * scale[:, None]).T + b`` up to float32 rounding.
-* Weights may be read-only (memory-mapped).  The public wrappers mark every
-  input read-only before calling a kernel, so one compiled specialization
-  serves both ordinary and memory-mapped arrays.
+* Weights may be read-only (memory-mapped) or unaligned.  The public wrappers
+  mark every input read-only before calling a kernel, so one compiled
+  specialization serves both ordinary and memory-mapped arrays.
 
 Floating point: the dot products use ``fastmath={'reassoc', 'contract'}``.
 ``reassoc`` lets LLVM keep several partial sums in SIMD registers (without it a
@@ -38,9 +41,14 @@ float reduction cannot be vectorized: the additions would have to happen in
 source order); ``contract`` allows fused multiply-add.  Both only change the
 rounding of a sum, and several partial sums are if anything *more* accurate
 than one running sum.  No other fast-math flag is used (no ``nnan``/``ninf``:
-masked attention scores are ``-inf`` on purpose).
+masked attention scores are ``-inf`` on purpose).  ``error_model="numpy"``
+gives IEEE division (x / 0 = inf, as NumPy) instead of Python's
+ZeroDivisionError check, which would also block vectorization.  ``exp`` is
+computed by ``_exp_f32`` (range reduction + polynomial, <= 1.2 ulp) because
+libm's exp/tanh are scalar calls LLVM cannot vectorize.
 
-Threads: ``set_threads(n)`` (default: ``NUMBA_NUM_THREADS``, i.e. all cores).
+Threads: ``set_threads(n)`` (default: ``NUMBA_NUM_THREADS``, i.e. all cores);
+idle workers sleep rather than spin (see ``_start_thread_pool``).
 Compilation: ``cache=True`` writes machine code next to this file, so the
 compile cost (see ``warmup()``) is paid once per machine.
 """
