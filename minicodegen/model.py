@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import ops
+from . import kernels, ops
 
 # Buffers some hub files carry; they hold nothing the model needs (the mask is rebuilt, the
 # sinusoid table is computed).
@@ -175,8 +175,6 @@ def dense(x: np.ndarray, weights: dict[str, np.ndarray], name: str, fast: bool, 
     scale = weights.get(name + ".weight.scale")
     if not fast:
         return ops.linear(x, dequantize(w, scale), b)
-    from . import kernels
-
     return kernels.linear(x, w, b, scale)
 
 
@@ -276,8 +274,9 @@ def block(
     H, D = cfg.n_head, cfg.head_dim
     p = f"transformer.h.{i}."
     S0, S = cache.length, cache.length + T
+    op = kernels if fast else ops  # the same functions; the kernels are tested against ops
 
-    h = ops.layer_norm(x, weights[p + "ln_1.weight"], weights[p + "ln_1.bias"], cfg.layer_norm_epsilon)
+    h = op.layer_norm(x, weights[p + "ln_1.weight"], weights[p + "ln_1.bias"], cfg.layer_norm_epsilon)
     rows = h.reshape(B * T, E)
 
     # attention: fused qkv projection, mp_num=4 split, rotary on q and k, attend over the cache
@@ -285,14 +284,12 @@ def block(
     q, k, v = ops.split_qkv(qkv, H)  # 3 × [B, T, H, D]
     if trace is not None:
         trace |= {f"h.{i}.q_split": q, f"h.{i}.k_split": k, f"h.{i}.v": v}
-    q = ops.apply_rotary(q, sincos, cfg.rotary_dim)
-    k = ops.apply_rotary(k, sincos, cfg.rotary_dim)
+    q = op.apply_rotary(q, sincos, cfg.rotary_dim)
+    k = op.apply_rotary(k, sincos, cfg.rotary_dim)
     cache.k[i][:, :, S0:S] = k.transpose(0, 2, 1, 3)
     cache.v[i][:, :, S0:S] = v.transpose(0, 2, 1, 3)
     q = q.transpose(0, 2, 1, 3)  # [B, H, T, D]
     if fast and trace is None:
-        from . import kernels
-
         a = kernels.attend_cached(np.ascontiguousarray(q), cache.k[i], cache.v[i], S, cache.mask[:, :S] != 0)
     else:
         mask = ops.causal_mask(cache.mask[:, :S], T)  # [B, 1, T, S]
@@ -303,7 +300,7 @@ def block(
     attn_out = dense(a, weights, p + "attn.out_proj", fast)
 
     # MLP on the same ln_1 output (parallel residual)
-    hidden = ops.gelu_new(dense(rows, weights, p + "mlp.fc_in", fast))
+    hidden = op.gelu_new(dense(rows, weights, p + "mlp.fc_in", fast))
     mlp_out = dense(hidden, weights, p + "mlp.fc_out", fast)
 
     out = x + (attn_out + mlp_out).reshape(B, T, E)
@@ -357,7 +354,7 @@ def forward(
 
     if last_only:
         x = x[:, -1:]
-    x = ops.layer_norm(x, weights["transformer.ln_f.weight"], weights["transformer.ln_f.bias"], cfg.layer_norm_epsilon)
+    x = (kernels if model.fast else ops).layer_norm(x, weights["transformer.ln_f.weight"], weights["transformer.ln_f.bias"], cfg.layer_norm_epsilon)
     head = "transformer.wte" if cfg.tie_word_embeddings else "lm_head"  # tied: lm_head.weight is wte
     rows = x.reshape(-1, cfg.n_embd)
     logits = dense(rows, weights, head, model.fast, bias="lm_head.bias").reshape(B, -1, cfg.vocab_size)
