@@ -1,0 +1,613 @@
+"""End-to-end speed of minicodegen against transformers on the same CPU (issue 6).
+
+Builds a random-weight CodeGen checkpoint with the real 350M shape (``--2b``: the
+2B shape) with transformers, converts it to fp32 / bf16 / int8 ``.npz`` files,
+then measures with the same number of threads (``--threads``, default 2):
+
+* prefill: seconds to read a 512-token prompt into an empty KV cache, logits of
+  the last position only (what ``generate`` does on both sides: transformers
+  5.x ``generate`` passes ``logits_to_keep=1`` to models whose ``forward``
+  takes it, which CodeGen's does);
+* decode: tokens/s of 128 single-token forward steps (+ greedy argmax) after a
+  32-token prompt, KV cache reused, i.e. the per-token cost of generation
+  without the prompt (transformers: ``past_key_values`` under
+  ``torch.inference_mode()``; minicodegen: ``forward(..., cache=, last_only=True)``);
+* peak RSS while decoding: ``VmHWM`` of a process that only imports, loads the
+  weights, runs the decode runs (prompt included) and nothing else;
+  each configuration runs in its own subprocess so that the peak is its own;
+* the memory-read rate (Numba parallel row sums over a 1 GB array, the access
+  pattern of the decode kernels) and the tokens/s it allows for the bytes of
+  weights each token reads (the bandwidth bound);
+* agreement of bf16 / int8 with fp32: greedy identical-prefix length over 128
+  tokens, teacher-forced argmax agreement (fed the fp32 tokens), max |logits
+  difference| on the prompt; fp32 against the NumPy definition and transformers;
+* the first-run compile time of the kernels (``kernels.warmup()`` with an empty
+  ``NUMBA_CACHE_DIR``) and the time to load them from the on-disk cache.
+
+Every timing is the median of ``--reps`` (default 5) runs after one untimed run.
+Ratios compare figures of the same run (the machine may be shared).
+Prints a markdown table for README.md at the end.
+
+    python tools/bench.py [--threads 2] [--reps 5] [--2b] [--no-torch] [--workdir DIR]
+    python tools/bench.py --smoke        # tiny shape, seconds: checks the script runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SHAPES = {
+    "350M": dict(n_embd=1024, n_layer=20, n_head=16, rotary_dim=32, vocab_size=51200),
+    "2B": dict(n_embd=2560, n_layer=32, n_head=32, rotary_dim=64, vocab_size=51200),
+    "smoke": dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, vocab_size=1024),
+}
+DTYPES = ("float32", "bfloat16", "int8")
+SHORT = {"float32": "fp32", "bfloat16": "bf16", "int8": "int8"}
+# issue 6 targets (350M, 2 threads): decode speed-up over transformers fp32, per weight dtype
+DECODE_TARGET = {"float32": 1.4, "bfloat16": 2.5, "int8": 4.0}
+PREFILL_TARGET = 1.0  # minicodegen prefill time / transformers prefill time, at most
+RSS_TARGET = 1.3  # peak RSS while decoding / bytes of the weights in use, at most
+
+
+# ----------------------------------------------------------------------------- helpers (no numpy)
+
+
+def proc_status() -> dict[str, int]:
+    """VmHWM, VmRSS, RssAnon, RssFile of this process in bytes (Linux)."""
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+                out[key] = int(val.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def hf_config(shape: str) -> dict:
+    s = SHAPES[shape]
+    eos = min(50256, s["vocab_size"] - 1)
+    return dict(
+        vocab_size=s["vocab_size"], n_positions=2048, n_ctx=2048, n_embd=s["n_embd"], n_layer=s["n_layer"],
+        n_head=s["n_head"], rotary_dim=s["rotary_dim"], n_inner=None, activation_function="gelu_new",
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5, initializer_range=0.02,
+        bos_token_id=eos, eos_token_id=eos, tie_word_embeddings=False,
+    )  # fmt: skip
+
+
+def token_ids(n: int, vocab: int, seed: int) -> list[int]:
+    """A fixed pseudo-random prompt (the same on both sides)."""
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, vocab - 1, n).tolist()
+
+
+def result(obj: dict) -> None:
+    print("RESULT " + json.dumps(obj), flush=True)
+
+
+# ----------------------------------------------------------------------------- workers (subprocesses)
+
+
+def w_build(a: dict) -> None:
+    """Random-weight checkpoint with transformers, then the three .npz conversions."""
+    import torch
+    from transformers import CodeGenConfig, CodeGenForCausalLM
+
+    from minicodegen.checkpoint import convert
+
+    work = Path(a["work"])
+    hf_dir = work / "hf"
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    cfg = CodeGenConfig(**hf_config(a["shape"]))
+    model = CodeGenForCausalLM(cfg).eval()
+    model.save_pretrained(hf_dir)
+    del model
+    t_build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for dt in DTYPES:
+        convert(hf_dir, work / f"{dt}.npz", dtype=dt, force=True)
+    result({"build_s": t_build, "convert_s": time.perf_counter() - t0})
+
+
+def w_compile(a: dict) -> None:
+    """kernels.warmup() seconds (compiles into, or loads from, NUMBA_CACHE_DIR)."""
+    t0 = time.perf_counter()
+    from minicodegen import kernels as K
+
+    t_import = time.perf_counter() - t0
+    K.set_threads(a["threads"])
+    result({"warmup_s": K.warmup(), "import_s": t_import})
+
+
+def w_memrate(a: dict) -> None:
+    """GB/s of a Numba parallel read of a large array, as the decode kernels read W."""
+    import numpy as np
+    from numba import njit, prange
+
+    from minicodegen import kernels as K
+
+    @njit(parallel=True, fastmath={"reassoc", "contract"})
+    def row_sums(x, out):  # same loop shape as the linear kernels: rows in parallel, prefetch ahead
+        n = x.shape[1]
+        for r in prange(x.shape[0]):
+            K._prefetch_ahead(x, r, n, 512, 16)
+            row = x[r]
+            s = np.float32(0.0)
+            for i in range(n):
+                s += row[i]
+            out[r] = s
+
+    K.set_threads(a["threads"])
+    x = np.ones((int(a["bytes"]) // 4096, 1024), np.float32)
+    out = np.empty(x.shape[0], np.float32)
+    row_sums(x, out)
+    ts = []
+    for _ in range(max(5, a["reps"])):
+        t0 = time.perf_counter()
+        row_sums(x, out)
+        ts.append(time.perf_counter() - t0)
+    result({"gbps": x.nbytes / median(ts) / 1e9, "gbps_best": x.nbytes / min(ts) / 1e9, "bytes": x.nbytes})
+
+
+def _weights_read_per_token(weights: dict) -> int:
+    """Bytes of weights one decode step reads: all of them, except that the token
+    embedding contributes one row (unless it is also the output head)."""
+    total = 0
+    for name, w in weights.items():
+        if name.startswith("transformer.wte.weight"):
+            total += w.nbytes // w.shape[0]  # one row (or one scale)
+        else:
+            total += w.nbytes
+    return total
+
+
+def w_mcg(a: dict) -> None:
+    """minicodegen: decode runs (peak RSS read right after them), then prefill runs."""
+    import numpy as np
+
+    import minicodegen
+    from minicodegen import kernels as K
+    from minicodegen.model import forward, new_cache
+
+    st0 = proc_status()
+    n = K.set_threads(a["threads"])
+    t_warm = K.warmup()
+    st_base = proc_status()  # interpreter + numpy + numba + compiled kernels, no weights
+    t0 = time.perf_counter()
+    model = minicodegen.load(a["npz"])
+    t_load = time.perf_counter() - t0
+    cfg = model.config
+    wbytes = sum(w.nbytes for w in model.weights.values())
+    prompt = np.array(token_ids(a["prompt_T"], cfg.vocab_size, 1), np.int64)
+
+    def decode() -> tuple[float, list[int]]:
+        cache = new_cache(cfg, 1, a["prompt_T"] + a["new_T"] + 1)
+        tok = int(np.argmax(forward(model, prompt[None], cache=cache, last_only=True)[0, -1]))
+        toks = [tok]
+        t0 = time.perf_counter()
+        for _ in range(a["new_T"]):
+            tok = int(np.argmax(forward(model, [[tok]], cache=cache, last_only=True)[0, -1]))
+            toks.append(tok)
+        return time.perf_counter() - t0, toks
+
+    decode()  # untimed: page cache -> mapping, allocator warm
+    runs = [decode() for _ in range(a["reps"])]
+    st_dec = proc_status()
+    dec_s = [r[0] for r in runs]
+
+    long = np.array(token_ids(a["prefill_T"], cfg.vocab_size, 2), np.int64)
+
+    def prefill() -> float:
+        cache = new_cache(cfg, 1, a["prefill_T"] + 1)
+        t0 = time.perf_counter()
+        forward(model, long[None], cache=cache, last_only=True)
+        return time.perf_counter() - t0
+
+    prefill()
+    pre_s = [prefill() for _ in range(a["reps"])]
+    result({
+        "threads": n, "warmup_s": t_warm, "load_s": t_load, "weight_bytes": wbytes,
+        "read_per_token": _weights_read_per_token(model.weights),
+        "decode_runs_s": dec_s, "decode_tps": a["new_T"] / median(dec_s), "tokens": runs[0][1],
+        "prefill_runs_s": pre_s, "prefill_s": median(pre_s),
+        "rss_start": st0.get("VmRSS", 0), "rss_base": st_base.get("VmRSS", 0),
+        "peak_rss": st_dec.get("VmHWM", 0), "rss_anon": st_dec.get("RssAnon", 0), "rss_file": st_dec.get("RssFile", 0),
+    })  # fmt: skip
+
+
+def w_hf(a: dict) -> None:
+    """transformers (torch fp32): decode runs (peak RSS read right after them), then prefill runs."""
+    import torch
+
+    st0 = proc_status()
+    torch.set_num_threads(a["threads"])
+    from transformers import CodeGenForCausalLM
+
+    st_base = proc_status()
+    t0 = time.perf_counter()
+    model = CodeGenForCausalLM.from_pretrained(a["hf_dir"], dtype=torch.float32).eval()
+    t_load = time.perf_counter() - t0
+    cfg = model.config
+    wbytes = sum(p.nbytes for p in model.parameters())
+    prompt = torch.tensor([token_ids(a["prompt_T"], cfg.vocab_size, 1)])
+
+    @torch.inference_mode()
+    def decode() -> tuple[float, list[int]]:
+        out = model(prompt, use_cache=True, logits_to_keep=1)
+        pkv, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        toks = [int(tok)]
+        t0 = time.perf_counter()
+        for _ in range(a["new_T"]):
+            out = model(tok, past_key_values=pkv, use_cache=True, logits_to_keep=1)
+            pkv, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            toks.append(int(tok))
+        return time.perf_counter() - t0, toks
+
+    decode()
+    runs = [decode() for _ in range(a["reps"])]
+    st_dec = proc_status()
+    dec_s = [r[0] for r in runs]
+
+    long = torch.tensor([token_ids(a["prefill_T"], cfg.vocab_size, 2)])
+
+    @torch.inference_mode()
+    def prefill() -> float:
+        t0 = time.perf_counter()
+        model(long, use_cache=True, logits_to_keep=1)
+        return time.perf_counter() - t0
+
+    prefill()
+    pre_s = [prefill() for _ in range(a["reps"])]
+
+    @torch.inference_mode()
+    def gen() -> float:  # cross-check of the loop: generate() end to end, minus a prefill of the prompt
+        t0 = time.perf_counter()
+        model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=a["new_T"] + 1,
+                       min_new_tokens=a["new_T"] + 1, do_sample=False, pad_token_id=cfg.eos_token_id)
+        t1 = time.perf_counter()
+        model(prompt, use_cache=True, logits_to_keep=1)
+        return (t1 - t0) - (time.perf_counter() - t1)
+
+    gen()
+    gen_s = [gen() for _ in range(max(1, a["reps"] // 2))]
+    result({
+        "threads": torch.get_num_threads(), "load_s": t_load, "weight_bytes": wbytes,
+        "decode_runs_s": dec_s, "decode_tps": a["new_T"] / median(dec_s), "tokens": runs[0][1],
+        "generate_tps": a["new_T"] / median(gen_s),
+        "prefill_runs_s": pre_s, "prefill_s": median(pre_s),
+        "rss_start": st0.get("VmRSS", 0), "rss_base": st_base.get("VmRSS", 0),
+        "peak_rss": st_dec.get("VmHWM", 0), "rss_anon": st_dec.get("RssAnon", 0), "rss_file": st_dec.get("RssFile", 0),
+    })  # fmt: skip
+
+
+def w_agree(a: dict) -> None:
+    """Greedy agreement and logit differences of bf16 / int8 against fp32 (and fp32 against
+    the NumPy definition and transformers)."""
+    import numpy as np
+
+    import minicodegen
+    from minicodegen import kernels as K
+    from minicodegen.model import forward, new_cache
+
+    K.set_threads(a["threads"])
+    work = Path(a["work"])
+    models = {dt: minicodegen.load(work / f"{dt}.npz") for dt in DTYPES}
+    cfg = models["float32"].config
+    prompt = np.array(token_ids(a["prompt_T"], cfg.vocab_size, 1), np.int64)
+    P, N = len(prompt), a["new_T"]
+
+    def greedy(m) -> list[int]:
+        cache = new_cache(cfg, 1, P + N + 1)
+        tok = int(np.argmax(forward(m, prompt[None], cache=cache, last_only=True)[0, -1]))
+        toks = [tok]
+        for _ in range(N - 1):
+            tok = int(np.argmax(forward(m, [[tok]], cache=cache, last_only=True)[0, -1]))
+            toks.append(tok)
+        return toks
+
+    ref = greedy(models["float32"])
+    seq = np.concatenate([prompt, np.array(ref[:-1], np.int64)])  # prompt + the fp32 tokens fed back
+    ref_logits = forward(models["float32"], prompt[None])[0]
+    out: dict = {"ref_tokens": ref, "distinct_ref_tokens": len(set(ref)),
+                 "ref_logit_absmax": float(np.abs(ref_logits).max())}
+    for dt in DTYPES:
+        m = models[dt]
+        toks = ref if dt == "float32" else greedy(m)
+        prefix = next((i for i, (x, y) in enumerate(zip(toks, ref)) if x != y), N)
+        tf = np.argmax(forward(m, seq[None])[0, P - 1:], axis=-1)  # [N] argmax after each fed prefix
+        lg = forward(m, prompt[None])[0]
+        top2 = np.sort(lg, axis=-1)[:, -2:]
+        out[dt] = {
+            "prefix": prefix, "teacher_forced": int((tf == np.array(ref)).sum()),
+            "max_dlogit": float(np.abs(lg - ref_logits).max()),
+            "median_top2_margin": float(np.median(top2[:, 1] - top2[:, 0])),
+        }
+    slow = minicodegen.load(work / "float32.npz", fast=False)
+    out["fp32_fast_vs_numpy"] = float(np.abs(forward(slow, prompt[None])[0] - ref_logits).max())
+    if a.get("torch"):
+        import torch
+        from transformers import CodeGenForCausalLM
+
+        torch.set_num_threads(a["threads"])
+        hf = CodeGenForCausalLM.from_pretrained(work / "hf", dtype=torch.float32).eval()
+        with torch.inference_mode():
+            hl = hf(torch.from_numpy(prompt)[None]).logits[0].numpy()
+        out["fp32_vs_transformers"] = float(np.abs(hl - ref_logits).max())
+    result(out)
+
+
+WORKERS = {"build": w_build, "compile": w_compile, "memrate": w_memrate, "mcg": w_mcg, "hf": w_hf, "agree": w_agree}
+
+
+def run_worker(kind: str, args: dict, threads: int, extra_env: dict | None = None) -> dict:
+    """Runs one worker in a fresh interpreter with every thread pool sized to ``threads``."""
+    env = dict(os.environ)
+    for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[v] = str(threads)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra_env or {})
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, json.dumps(args)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if p.returncode != 0 or not lines:
+        sys.stderr.write(p.stdout[-4000:] + p.stderr[-4000:])
+        raise SystemExit(f"bench: worker {kind!r} failed (exit {p.returncode})")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def machine() -> dict:
+    info: dict = {"cpu": platform.processor() or "?", "flags": "", "cores": os.cpu_count()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        for line in cpuinfo.splitlines():
+            k, _, v = line.partition(":")
+            k, v = k.strip(), v.strip()
+            if k == "model name":
+                info["cpu"] = v
+            elif k == "flags" and not info["flags"]:
+                fl = set(v.split())
+                info["flags"] = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16") if f in fl)
+            elif k == "cache size":
+                info["cache"] = v
+    except OSError:
+        pass
+    try:
+        mem = Path("/proc/meminfo").read_text().split("\n")[0].split()
+        info["mem_gib"] = int(mem[1]) / 2**20
+    except (OSError, IndexError, ValueError):
+        info["mem_gib"] = 0.0
+    info["load"] = os.getloadavg()
+    vers = []
+    for pkg in ("numpy", "numba", "torch", "transformers"):
+        try:
+            vers.append(f"{pkg} {metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            pass
+    info["versions"] = ", ".join(vers)
+    info["python"] = platform.python_version()
+    try:
+        import numpy as np
+
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        info["blas"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    except Exception:  # noqa: BLE001 - older numpy: no dicts mode
+        info["blas"] = "?"
+    return info
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2, help="threads for both sides (default 2)")
+    ap.add_argument("--reps", type=int, default=5, help="timed runs per figure (median; default 5)")
+    ap.add_argument("--2b", dest="two_b", action="store_true", help="the 2B shape instead of 350M")
+    ap.add_argument("--smoke", action="store_true", help="tiny shape and sizes: checks that everything runs")
+    ap.add_argument("--no-torch", action="store_true", help="skip transformers")
+    ap.add_argument("--workdir", default=None, help="where the checkpoints go (default: $TMPDIR/minicodegen-bench-<shape>)")
+    ap.add_argument("--rebuild", action="store_true", help="rebuild the checkpoints even if present")
+    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def mib(b: float) -> str:
+    return f"{b / 2**20:,.0f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    if args.worker:
+        WORKERS[args.worker[0]](json.loads(args.worker[1]))
+        return
+    shape = "smoke" if args.smoke else ("2B" if args.two_b else "350M")
+    sizes = dict(prefill_T=64, prompt_T=8, new_T=16) if args.smoke else dict(prefill_T=512, prompt_T=32, new_T=128)
+    reps = 2 if args.smoke else max(1, args.reps)
+    mem_bytes = 64 << 20 if args.smoke else 1 << 30
+    th = args.threads
+    has_torch = not args.no_torch and all(_installed(p) for p in ("torch", "transformers"))
+    work = Path(args.workdir or Path(tempfile.gettempdir()) / f"minicodegen-bench-{shape}")
+    t_start = time.perf_counter()
+
+    m = machine()
+    print(f"# minicodegen benchmark: CodeGen-{shape} shape (random weights), {th} threads, median of {reps}")
+    print(f"machine: {m['cpu']} ({m['flags']}), {m['cores']} cores, {m['mem_gib']:.0f} GiB, cache {m.get('cache', '?')}")
+    print(f"load average at start: {m['load'][0]:.2f} {m['load'][1]:.2f} {m['load'][2]:.2f}")
+    print(f"software: Python {m['python']}, {m['versions']}; numpy BLAS: {m['blas']}")
+    if not has_torch:
+        print("transformers / torch: not measured" + (" (--no-torch)" if args.no_torch else " (not installed)"))
+
+    # 1. checkpoints -----------------------------------------------------------------
+    stamp = work / "stamp.json"
+    want = json.dumps(hf_config(shape), sort_keys=True)
+    if args.rebuild or not stamp.exists() or stamp.read_text() != want:
+        if not _installed("torch") or not _installed("transformers"):
+            raise SystemExit("bench: building the checkpoint needs torch and transformers")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        r = run_worker("build", {"work": str(work), "shape": shape}, th)
+        stamp.write_text(want)
+        print(f"checkpoint: built in {r['build_s']:.1f} s, converted to fp32/bf16/int8 in {r['convert_s']:.1f} s ({work})")
+    else:
+        print(f"checkpoint: reusing {work} (--rebuild to rebuild)")
+    sizes_on_disk = {dt: (work / f"{dt}.npz").stat().st_size for dt in DTYPES}
+
+    # 2. compile time ----------------------------------------------------------------
+    with tempfile.TemporaryDirectory(prefix="numba-cache-") as d:
+        c1 = run_worker("compile", {"threads": th}, th, {"NUMBA_CACHE_DIR": d})
+        c2 = run_worker("compile", {"threads": th}, th, {"NUMBA_CACHE_DIR": d})
+    print(f"kernels.warmup(): first run (empty cache, compiles) {c1['warmup_s']:.1f} s; "
+          f"later runs (on-disk cache) {c2['warmup_s']:.2f} s; import minicodegen.kernels {c2['import_s']:.2f} s")
+
+    # 3. memory read rate --------------------------------------------------------------
+    mr = run_worker("memrate", {"threads": th, "bytes": mem_bytes, "reps": reps}, th)
+    print(f"memory read rate: {mr['gbps']:.1f} GB/s (median; best {mr['gbps_best']:.1f}) "
+          f"Numba parallel row sums over {mr['bytes'] / 1e9:.2f} GB, {th} threads")
+
+    # 4. speed, one subprocess per configuration -----------------------------------------
+    common = {"threads": th, "reps": reps, **sizes}
+    res: dict[str, dict] = {}
+    if has_torch:
+        res["torch"] = run_worker("hf", {**common, "hf_dir": str(work / "hf")}, th)
+        _print_run("transformers fp32", res["torch"], sizes)
+    for dt in DTYPES:
+        res[dt] = run_worker("mcg", {**common, "npz": str(work / f"{dt}.npz")}, th)
+        _print_run(f"minicodegen {SHORT[dt]}", res[dt], sizes)
+
+    # 5. agreement ---------------------------------------------------------------------
+    ag = run_worker("agree", {"work": str(work), "threads": th, "torch": has_torch, **sizes}, th)
+    N = sizes["new_T"]
+    print(f"\nagreement with fp32 over {N} greedy tokens after a {sizes['prompt_T']}-token prompt "
+          f"(fp32 greedy run: {ag['distinct_ref_tokens']} distinct tokens; max |fp32 logit| {ag['ref_logit_absmax']:.3g}):")
+    for dt in DTYPES[1:]:
+        g = ag[dt]
+        print(f"  {SHORT[dt]}: identical prefix {g['prefix']}/{N}; teacher-forced argmax agreement "
+              f"{g['teacher_forced']}/{N} ({100 * g['teacher_forced'] / N:.1f}%); max |Δlogits| on the prompt "
+              f"{g['max_dlogit']:.3g} (median top-2 logit margin {g['median_top2_margin']:.3g})")
+    print(f"  fp32 teacher-forced self-check {ag['float32']['teacher_forced']}/{N}; "
+          f"fp32 kernels vs NumPy definition max |Δlogits| {ag['fp32_fast_vs_numpy']:.2g}"
+          + (f"; fp32 vs transformers {ag['fp32_vs_transformers']:.2g}" if "fp32_vs_transformers" in ag else ""))
+    if has_torch:
+        a, b = res["float32"]["tokens"], res["torch"]["tokens"]
+        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        print(f"  greedy tokens, minicodegen fp32 vs transformers fp32: identical prefix {same}/{len(a)}")
+
+    # 6. summary -------------------------------------------------------------------------
+    _summary(m, shape, th, reps, sizes, res, mr, c1, c2, ag, sizes_on_disk, has_torch)
+    print(f"\n(benchmark took {time.perf_counter() - t_start:.0f} s; load average at end "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})")
+
+
+def _installed(pkg: str) -> bool:
+    try:
+        metadata.version(pkg)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def _print_run(label: str, r: dict, sizes: dict) -> None:
+    d = r["decode_runs_s"]
+    print(f"\n{label}: decode {r['decode_tps']:.2f} tok/s ({sizes['new_T']} tokens in "
+          f"{min(d):.2f}..{max(d):.2f} s per run); prefill {sizes['prefill_T']} tokens {r['prefill_s']:.3f} s "
+          f"({min(r['prefill_runs_s']):.3f}..{max(r['prefill_runs_s']):.3f})")
+    print(f"  peak RSS while decoding {mib(r['peak_rss'])} MiB (anon {mib(r['rss_anon'])} + file {mib(r['rss_file'])} at end), "
+          f"weights in use {mib(r['weight_bytes'])} MiB -> ratio {r['peak_rss'] / r['weight_bytes']:.2f}; "
+          f"RSS before loading weights {mib(r['rss_base'])} MiB; load {r['load_s']:.2f} s")
+    if "generate_tps" in r:
+        print(f"  cross-check: generate(min_new_tokens={sizes['new_T'] + 1}) minus a prefill: {r['generate_tps']:.2f} tok/s")
+
+
+def _summary(m, shape, th, reps, sizes, res, mr, c1, c2, ag, disk, has_torch) -> None:
+    N, P, L = sizes["new_T"], sizes["prompt_T"], sizes["prefill_T"]
+    t = res.get("torch")
+    rate = mr["gbps"] * 1e9
+
+    def ratio(x: float | None) -> str:
+        return "–" if x is None else f"{x:.2f}×"
+
+    print("\n## Performance\n")
+    print(f"CodeGen-{shape} shape (random weights built with transformers, converted by `minicodegen.checkpoint.convert`), "
+          f"{th} threads on both sides, median of {reps} runs (`python tools/bench.py{' --2b' if shape == '2B' else ''}"
+          f"{' --smoke' if shape == 'smoke' else ''} --threads {th}`).\n")
+    print(f"Machine: {m['cpu']} ({m['flags']}), {m['cores']} cores, {m['mem_gib']:.0f} GiB RAM; load average at start "
+          f"{m['load'][0]:.2f} (shared machine: compare ratios, not absolute times). "
+          f"Python {m['python']}, {m['versions']}; numpy BLAS {m['blas']}.\n")
+    print(f"| weights | prefill {L} tok (s) | vs transformers | decode (tok/s) | vs transformers | "
+          f"bandwidth bound (tok/s) | of bound | peak RSS decoding (MiB) | weights (MiB) | RSS / weights |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = ([("transformers fp32", t, None)] if t else []) + [(f"minicodegen {SHORT[dt]}", res[dt], dt) for dt in DTYPES]
+    for label, r, dt in rows:
+        rd = res[dt]["read_per_token"] if dt else res["float32"]["read_per_token"]  # torch fp32 reads what fp32 reads
+        bound = rate / rd
+        pre_ratio = r["prefill_s"] / t["prefill_s"] if t and dt else None
+        dec_ratio = r["decode_tps"] / t["decode_tps"] if t and dt else None
+        print(f"| {label} | {r['prefill_s']:.3f} | {ratio(pre_ratio)} | {r['decode_tps']:.2f} | {ratio(dec_ratio)} | "
+              f"{bound:.1f} | {100 * r['decode_tps'] / bound:.0f}% | {mib(r['peak_rss'])} | {mib(r['weight_bytes'])} | "
+              f"{r['peak_rss'] / r['weight_bytes']:.2f} |")
+    print(f"\nPrefill: one forward pass over a {L}-token prompt into an empty KV cache, logits of the last position "
+          f"only (transformers: `logits_to_keep=1`, as its `generate` passes). Decode: {N} single-token steps with "
+          f"the KV cache after a {P}-token prompt, greedy, tokens/s of the steps only. Peak RSS: `VmHWM` of a "
+          f"process that loads the weights and decodes (each configuration in its own process); the minicodegen "
+          f"`.npz` is memory-mapped, so its weights count as file-backed RSS.")
+    print(f"\nBandwidth bound: a decode step reads every weight once: "
+          + ", ".join(f"{SHORT[dt]} {res[dt]['read_per_token'] / 1e6:,.0f} MB" for dt in DTYPES)
+          + f" per token; the measured memory-read rate is {mr['gbps']:.1f} GB/s (Numba parallel row sums over "
+          f"{mr['bytes'] / 1e9:.0f} GB, {th} threads), so at most "
+          + " / ".join(f"{rate / res[dt]['read_per_token']:.1f}" for dt in DTYPES)
+          + " tok/s for fp32 / bf16 / int8.")
+    print(f"\nAccuracy against fp32 weights (greedy, {N} tokens): "
+          + "; ".join(f"{SHORT[dt]} identical prefix {ag[dt]['prefix']}/{N}, teacher-forced argmax agreement "
+                      f"{100 * ag[dt]['teacher_forced'] / N:.1f}%, max |Δlogits| {ag[dt]['max_dlogit']:.2g}"
+                      for dt in DTYPES[1:])
+          + f" (max |logit| {ag['ref_logit_absmax']:.2g}; random weights have small top-2 margins, so these "
+          f"understate agreement on a trained model). fp32 with the kernels vs the NumPy definition: "
+          f"{ag['fp32_fast_vs_numpy']:.1g}"
+          + (f"; vs transformers: {ag['fp32_vs_transformers']:.1g}." if "fp32_vs_transformers" in ag else "."))
+    print(f"\nFirst run: `kernels.warmup()` compiles the kernels in {c1['warmup_s']:.0f} s (once per machine, "
+          f"cached on disk); later runs load them in {c2['warmup_s']:.1f} s. Checkpoint sizes: "
+          + ", ".join(f"{SHORT[dt]} {mib(disk[dt])} MiB" for dt in DTYPES) + ".")
+
+    if t and shape != "smoke":
+        print("\nTargets (issue 6):")
+        for dt in DTYPES:
+            x = res[dt]["decode_tps"] / t["decode_tps"]
+            print(f"  decode {SHORT[dt]} ≥ {DECODE_TARGET[dt]}× transformers: {x:.2f}× "
+                  f"{'met' if x >= DECODE_TARGET[dt] else f'MISSED by {100 * (1 - x / DECODE_TARGET[dt]):.0f}%'}")
+        for dt in DTYPES:
+            x = res[dt]["prefill_s"] / t["prefill_s"]
+            print(f"  prefill {SHORT[dt]} ≤ {PREFILL_TARGET}× transformers time: {x:.2f}× "
+                  f"{'met' if x <= PREFILL_TARGET else f'MISSED by {100 * (x / PREFILL_TARGET - 1):.0f}%'}")
+        for dt in DTYPES:
+            x = res[dt]["peak_rss"] / res[dt]["weight_bytes"]
+            print(f"  peak RSS {SHORT[dt]} ≤ {RSS_TARGET}× weights: {x:.2f}× "
+                  f"{'met' if x <= RSS_TARGET else f'MISSED by {100 * (x / RSS_TARGET - 1):.0f}%'}"
+                  f" (RSS before loading weights {mib(res[dt]['rss_base'])} MiB)")
+
+
+if __name__ == "__main__":
+    main()
