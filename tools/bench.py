@@ -24,7 +24,14 @@ then measures with the same number of threads (``--threads``, default 2):
 * the first-run compile time of the kernels (``kernels.warmup()`` with an empty
   ``NUMBA_CACHE_DIR``) and the time to load them from the on-disk cache.
 
-Every timing is the median of ``--reps`` (default 5) runs after one untimed run.
+Every timing is the median of ``--reps`` (default 5) runs after an untimed warm-up.
+
+Threads: both sides get ``--threads`` (torch.set_num_threads, Numba set_threads,
+OPENBLAS/OMP/MKL_NUM_THREADS).  Both sides' OpenMP workers sleep when idle
+(``OMP_WAIT_POLICY=PASSIVE``; minicodegen.kernels sets it for Numba): on this
+shared 2-core machine torch's default spinning workers made a decode step take
+0.17-0.43 s instead of a steady 0.23 s, and 1-4 s when two processes overlapped.
+``--torch-omp-default`` leaves torch's default.
 Ratios compare figures of the same run (the machine may be shared).
 Prints a markdown table for README.md at the end.
 
@@ -99,6 +106,11 @@ def token_ids(n: int, vocab: int, seed: int) -> list[int]:
     import numpy as np
 
     return np.random.default_rng(seed).integers(0, vocab - 1, n).tolist()
+
+
+def progress(msg: str) -> None:
+    """A line on stderr (passed through by the parent) so that a long run shows where it is."""
+    print(f"  [{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def result(obj: dict) -> None:
@@ -201,18 +213,22 @@ def w_mcg(a: dict) -> None:
     wbytes = sum(w.nbytes for w in model.weights.values())
     prompt = np.array(token_ids(a["prompt_T"], cfg.vocab_size, 1), np.int64)
 
-    def decode() -> tuple[float, list[int]]:
-        cache = new_cache(cfg, 1, a["prompt_T"] + a["new_T"] + 1)
+    def decode(steps: int = a["new_T"]) -> tuple[float, list[int]]:
+        cache = new_cache(cfg, 1, a["prompt_T"] + steps + 1)
         tok = int(np.argmax(forward(model, prompt[None], cache=cache, last_only=True)[0, -1]))
         toks = [tok]
         t0 = time.perf_counter()
-        for _ in range(a["new_T"]):
+        for _ in range(steps):
             tok = int(np.argmax(forward(model, [[tok]], cache=cache, last_only=True)[0, -1]))
             toks.append(tok)
         return time.perf_counter() - t0, toks
 
-    decode()  # untimed: page cache -> mapping, allocator warm
-    runs = [decode() for _ in range(a["reps"])]
+    progress(f"minicodegen {Path(a['npz']).stem}: loaded in {t_load:.2f} s, decoding")
+    decode(16)  # untimed: every weight page mapped, allocator warm
+    runs = []
+    for i in range(a["reps"]):
+        runs.append(decode())
+        progress(f"  decode run {i + 1}/{a['reps']}: {a['new_T'] / runs[-1][0]:.2f} tok/s")
     st_dec = proc_status()
     dec_s = [r[0] for r in runs]
 
@@ -226,7 +242,15 @@ def w_mcg(a: dict) -> None:
 
     prefill()
     pre_s = [prefill() for _ in range(a["reps"])]
+    progress(f"  prefill {a['prefill_T']} tokens: {median(pre_s):.3f} s")
+    # cross-check of the loop: minicodegen.generate end to end, minus a prefill of the prompt
+    t0 = time.perf_counter()
+    minicodegen.generate(model, prompt.tolist(), max_new_tokens=a["new_T"] + 1)
+    t1 = time.perf_counter()
+    forward(model, prompt[None], cache=new_cache(cfg, 1, a["prompt_T"] + 1), last_only=True)
+    gen_tps = a["new_T"] / ((t1 - t0) - (time.perf_counter() - t1))
     result({
+        "generate_tps": gen_tps,
         "threads": n, "warmup_s": t_warm, "load_s": t_load, "weight_bytes": wbytes,
         "read_per_token": _weights_read_per_token(model.weights),
         "decode_runs_s": dec_s, "decode_tps": a["new_T"] / median(dec_s), "tokens": runs[0][1],
@@ -243,7 +267,9 @@ def w_hf(a: dict) -> None:
     st0 = proc_status()
     torch.set_num_threads(a["threads"])
     from transformers import CodeGenForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     st_base = proc_status()
     t0 = time.perf_counter()
     model = CodeGenForCausalLM.from_pretrained(a["hf_dir"], dtype=torch.float32).eval()
@@ -253,19 +279,23 @@ def w_hf(a: dict) -> None:
     prompt = torch.tensor([token_ids(a["prompt_T"], cfg.vocab_size, 1)])
 
     @torch.inference_mode()
-    def decode() -> tuple[float, list[int]]:
+    def decode(steps: int = a["new_T"]) -> tuple[float, list[int]]:
         out = model(prompt, use_cache=True, logits_to_keep=1)
         pkv, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
         toks = [int(tok)]
         t0 = time.perf_counter()
-        for _ in range(a["new_T"]):
+        for _ in range(steps):
             out = model(tok, past_key_values=pkv, use_cache=True, logits_to_keep=1)
             pkv, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
             toks.append(int(tok))
         return time.perf_counter() - t0, toks
 
-    decode()
-    runs = [decode() for _ in range(a["reps"])]
+    progress(f"transformers: loaded in {t_load:.2f} s, decoding (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')})")
+    decode(16)
+    runs = []
+    for i in range(a["reps"]):
+        runs.append(decode())
+        progress(f"  decode run {i + 1}/{a['reps']}: {a['new_T'] / runs[-1][0]:.2f} tok/s")
     st_dec = proc_status()
     dec_s = [r[0] for r in runs]
 
@@ -279,6 +309,7 @@ def w_hf(a: dict) -> None:
 
     prefill()
     pre_s = [prefill() for _ in range(a["reps"])]
+    progress(f"  prefill {a['prefill_T']} tokens: {median(pre_s):.3f} s")
 
     @torch.inference_mode()
     def gen() -> float:  # cross-check of the loop: generate() end to end, minus a prefill of the prompt
@@ -289,10 +320,9 @@ def w_hf(a: dict) -> None:
         model(prompt, use_cache=True, logits_to_keep=1)
         return (t1 - t0) - (time.perf_counter() - t1)
 
-    gen()
-    gen_s = [gen() for _ in range(max(1, a["reps"] // 2))]
+    gen_s = [gen()]  # one run: the model is warm
     result({
-        "threads": torch.get_num_threads(), "load_s": t_load, "weight_bytes": wbytes,
+        "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "load_s": t_load, "weight_bytes": wbytes,
         "decode_runs_s": dec_s, "decode_tps": a["new_T"] / median(dec_s), "tokens": runs[0][1],
         "generate_tps": a["new_T"] / median(gen_s),
         "prefill_runs_s": pre_s, "prefill_s": median(pre_s),
@@ -366,12 +396,14 @@ def run_worker(kind: str, args: dict, threads: int, extra_env: dict | None = Non
     for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[v] = str(threads)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    env.setdefault("TRANSFORMERS_VERBOSITY", "error")
     env.update(extra_env or {})
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, json.dumps(args)]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)  # stderr: progress, passed through
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if p.returncode != 0 or not lines:
-        sys.stderr.write(p.stdout[-4000:] + p.stderr[-4000:])
+        sys.stderr.write(p.stdout[-4000:])
         raise SystemExit(f"bench: worker {kind!r} failed (exit {p.returncode})")
     return json.loads(lines[-1][len("RESULT "):])
 
@@ -430,6 +462,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--smoke", action="store_true", help="tiny shape and sizes: checks that everything runs")
     ap.add_argument("--no-torch", action="store_true", help="skip transformers")
     ap.add_argument("--workdir", default=None, help="where the checkpoints go (default: $TMPDIR/minicodegen-bench-<shape>)")
+    ap.add_argument("--torch-omp-default", action="store_true",
+                    help="leave torch's OpenMP wait policy at its default (spinning) instead of PASSIVE")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the checkpoints even if present")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -490,9 +524,13 @@ def main(argv: list[str] | None = None) -> None:
 
     # 4. speed, one subprocess per configuration -----------------------------------------
     common = {"threads": th, "reps": reps, **sizes}
+    # Numba's OpenMP workers sleep when idle (kernels.py sets OMP_WAIT_POLICY=PASSIVE); give torch's
+    # the same unless told otherwise: on a shared 2-core machine its default spinning workers made
+    # decode 1.5-10x slower and erratic (see the module docstring).
+    torch_env = {} if args.torch_omp_default else {"OMP_WAIT_POLICY": "PASSIVE"}
     res: dict[str, dict] = {}
     if has_torch:
-        res["torch"] = run_worker("hf", {**common, "hf_dir": str(work / "hf")}, th)
+        res["torch"] = run_worker("hf", {**common, "hf_dir": str(work / "hf")}, th, torch_env)
         _print_run("transformers fp32", res["torch"], sizes)
     for dt in DTYPES:
         res[dt] = run_worker("mcg", {**common, "npz": str(work / f"{dt}.npz")}, th)
@@ -539,7 +577,8 @@ def _print_run(label: str, r: dict, sizes: dict) -> None:
           f"weights in use {mib(r['weight_bytes'])} MiB -> ratio {r['peak_rss'] / r['weight_bytes']:.2f}; "
           f"RSS before loading weights {mib(r['rss_base'])} MiB; load {r['load_s']:.2f} s")
     if "generate_tps" in r:
-        print(f"  cross-check: generate(min_new_tokens={sizes['new_T'] + 1}) minus a prefill: {r['generate_tps']:.2f} tok/s")
+        print(f"  cross-check: generate() of {sizes['new_T'] + 1} new tokens minus one prefill of the prompt: "
+              f"{r['generate_tps']:.2f} tok/s" + (f"; torch OMP_WAIT_POLICY {r['omp_wait_policy']}" if "omp_wait_policy" in r else ""))
 
 
 def _summary(m, shape, th, reps, sizes, res, mr, c1, c2, ag, disk, has_torch) -> None:
@@ -570,7 +609,7 @@ def _summary(m, shape, th, reps, sizes, res, mr, c1, c2, ag, disk, has_torch) ->
               f"{bound:.1f} | {100 * r['decode_tps'] / bound:.0f}% | {mib(r['peak_rss'])} | {mib(r['weight_bytes'])} | "
               f"{r['peak_rss'] / r['weight_bytes']:.2f} |")
     print(f"\nPrefill: one forward pass over a {L}-token prompt into an empty KV cache, logits of the last position "
-          f"only (transformers: `logits_to_keep=1`, as its `generate` passes). Decode: {N} single-token steps with "
+          f"only (transformers: `logits_to_keep=1`, as its `generate` passes; both sides' OpenMP workers sleep when idle, `OMP_WAIT_POLICY=PASSIVE`). Decode: {N} single-token steps with "
           f"the KV cache after a {P}-token prompt, greedy, tokens/s of the steps only. Peak RSS: `VmHWM` of a "
           f"process that loads the weights and decodes (each configuration in its own process); the minicodegen "
           f"`.npz` is memory-mapped, so its weights count as file-backed RSS.")
