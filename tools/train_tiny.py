@@ -1,6 +1,10 @@
 """Train minicodegen's offline demo model: a small CodeGen on the Python standard library.
 
-    nice -n 10 python tools/train_tiny.py --out /tmp/tiny_train/ckpt --steps 2000 --threads 1
+    python tools/train_tiny.py --out /tmp/tiny_train/ckpt2 --steps 1800 --batch-size 4 --lr 2e-3 --threads 1 --val-every 300
+    python -m minicodegen convert /tmp/tiny_train/ckpt2 -o minicodegen/data/tiny.npz --dtype int8 --force
+
+(the command that built the shipped model; the defaults are its settings but 2 threads, see
+minicodegen/data/TINY.md)
 
 The model has CodeGen's architecture (transformers' ``CodeGenForCausalLM`` is the trainer) and
 CodeGen's tokenizer (GPT-2 BPE + the 38 whitespace tokens, the same ids as every CodeGen
@@ -197,10 +201,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True, help="output directory (checkpoint + training.json)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--batch-size", type=int, default=8, help="windows of n_positions tokens per step")
+    ap.add_argument("--steps", type=int, default=1800)
+    ap.add_argument("--batch-size", type=int, default=4, help="windows of n_positions tokens per step")
     ap.add_argument("--micro-batch", type=int, default=2, help="windows per forward/backward (gradient accumulation; same result)")
-    ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     ap.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr (cosine)")
     ap.add_argument("--warmup", type=int, default=100, help="linear warmup steps")
     ap.add_argument("--weight-decay", type=float, default=0.1)
@@ -211,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-positions", type=int, default=512)
     ap.add_argument("--unseen-bias", type=float, default=-10.0, help="lm_head.bias of ids absent from the training files")
     ap.add_argument("--val-percent", type=int, default=2)
-    ap.add_argument("--val-every", type=int, default=250, help="steps between quick validations (first --val-windows windows)")
+    ap.add_argument("--val-every", type=int, default=300, help="steps between quick validations (first --val-windows windows)")
     ap.add_argument("--val-windows", type=int, default=16)
     ap.add_argument("--stdlib", default=None, help="standard library directory (default: this interpreter's)")
     args = ap.parse_args(argv)
