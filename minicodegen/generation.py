@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import codecs
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -135,7 +135,7 @@ class Row:
     text: str = ""  # decoded new tokens (complete UTF-8 characters only)
     end: int | None = None  # where the text ends for good (stop string / truncation), if found
     done: str = ""  # why this row stopped: "eos", "stop", "length", or "" while running
-    decoder: Any = None  # incremental UTF-8 decoder
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
 
 
 def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int, top_p: float, repetition_penalty: float) -> None:
@@ -186,8 +186,6 @@ def decode_steps(
         raise ValueError(f"prompt of {T} tokens leaves no room: n_positions is {cfg.n_positions}")
     entropy = np.random.SeedSequence(seed).entropy
     rows = [Row(list(p), [], np.random.default_rng([entropy, b])) for b, p in enumerate(prompts)]
-    for r in rows:
-        r.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     B = len(rows)
     ids = np.full((B, T), cfg.eos_token_id, np.int64)
     mask = np.zeros((B, T), np.int8)
@@ -206,7 +204,9 @@ def decode_steps(
         for b, r in enumerate(rows):
             if r.done:
                 continue
-            z = apply_repetition_penalty(logits[b], np.array(r.prompt + r.ids, np.int64), repetition_penalty)
+            z = logits[b]
+            if repetition_penalty != 1.0:
+                z = apply_repetition_penalty(z, np.array(r.prompt + r.ids, np.int64), repetition_penalty)
             tok = choose(z, r.rng, temperature, top_k, top_p)
             r.ids.append(tok)
             nxt[b, 0] = tok
