@@ -28,7 +28,6 @@ TINY = DATA / "tiny.npz"
 CARD = DATA / "TINY.md"
 PROMPT = "def fibonacci(n):"
 
-pytestmark = pytest.mark.skipif(not TINY.is_file(), reason="tiny.npz is not in this checkout")
 
 
 @pytest.fixture
