@@ -391,6 +391,16 @@ def w_agree(a: dict) -> None:
 WORKERS = {"build": w_build, "compile": w_compile, "memrate": w_memrate, "mcg": w_mcg, "hf": w_hf, "agree": w_agree}
 
 
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, steal) clock ticks of all CPUs since boot, from /proc/stat (0, 0 if unreadable)."""
+    try:
+        f = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    busy = f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)  # user nice system irq softirq steal
+    return busy, (f[7] if len(f) > 7 else 0)
+
+
 def run_worker(kind: str, args: dict, threads: int, extra_env: dict | None = None) -> dict:
     """Runs one worker in a fresh interpreter with every thread pool sized to ``threads``."""
     env = dict(os.environ)
@@ -401,12 +411,22 @@ def run_worker(kind: str, args: dict, threads: int, extra_env: dict | None = Non
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
     env.update(extra_env or {})
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, json.dumps(args)]
+    import resource
+
+    ru0, (busy0, steal0), t0 = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_jiffies(), time.perf_counter()
     p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)  # stderr: progress, passed through
+    ru1, (busy1, steal1), wall = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_jiffies(), time.perf_counter() - t0
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if p.returncode != 0 or not lines:
         sys.stderr.write(p.stdout[-4000:])
         raise SystemExit(f"bench: worker {kind!r} failed (exit {p.returncode})")
-    return json.loads(lines[-1][len("RESULT "):])
+    out = json.loads(lines[-1][len("RESULT "):])
+    # what else ran meanwhile: CPU time of all processes minus the worker's, in cores on average
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    mine = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    out["other_cores"] = max(0.0, ((busy1 - busy0) / hz - mine) / wall)
+    out["steal"] = (steal1 - steal0) / hz / wall / (os.cpu_count() or 1)
+    return out
 
 
 # ----------------------------------------------------------------------------- machine
@@ -491,7 +511,9 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()
 
     m = machine()
-    print(f"# minicodegen benchmark: CodeGen-{shape} shape (random weights), {th} threads, median of {reps}")
+    n_rounds = max(1, min(args.rounds, reps))
+    print(f"# minicodegen benchmark: CodeGen-{shape} shape (random weights), {th} threads, median of "
+          f"{-(-reps // n_rounds) * n_rounds} runs in {n_rounds} round(s)")
     print(f"machine: {m['cpu']} ({m['flags']}), {m['cores']} cores, {m['mem_gib']:.0f} GiB, cache {m.get('cache', '?')}")
     print(f"load average at start: {m['load'][0]:.2f} {m['load'][1]:.2f} {m['load'][2]:.2f}")
     print(f"software: Python {m['python']}, {m['versions']}; numpy BLAS: {m['blas']}")
@@ -589,11 +611,13 @@ def _merge(old: dict | None, new: dict, sizes: dict) -> dict:
     """Results of one configuration over rounds: runs pooled, medians recomputed, peak RSS the max."""
     if old is None:
         out = dict(new)
+        out["other_cores_all"] = [new["other_cores"]]
     else:
         out = dict(old)
         out["decode_runs_s"] = old["decode_runs_s"] + new["decode_runs_s"]
         out["prefill_runs_s"] = old["prefill_runs_s"] + new["prefill_runs_s"]
         out["peak_rss"] = max(old["peak_rss"], new["peak_rss"])
+        out["other_cores_all"] = old["other_cores_all"] + [new["other_cores"]]
     out["decode_tps"] = sizes["new_T"] / median(out["decode_runs_s"])
     out["decode_tps_best"] = sizes["new_T"] / min(out["decode_runs_s"])
     out["prefill_s"] = median(out["prefill_runs_s"])
@@ -609,6 +633,8 @@ def _print_run(label: str, r: dict, sizes: dict) -> None:
     print(f"  peak RSS while decoding {mib(r['peak_rss'])} MiB (anon {mib(r['rss_anon'])} + file {mib(r['rss_file'])} at end), "
           f"weights in use {mib(r['weight_bytes'])} MiB -> ratio {r['peak_rss'] / r['weight_bytes']:.2f}; "
           f"RSS before loading weights {mib(r['rss_base'])} MiB; load {r['load_s']:.2f} s")
+    print(f"  other processes used {', '.join(f'{c:.2f}' for c in r['other_cores_all'])} cores on average "
+          f"while this configuration ran (per round; {os.cpu_count()} cores in all)")
     if "generate_tps" in r:
         print(f"  cross-check: generate() of {sizes['new_T'] + 1} new tokens minus one prefill of the prompt: "
               f"{r['generate_tps']:.2f} tok/s" + (f"; torch OMP_WAIT_POLICY {r['omp_wait_policy']}" if "omp_wait_policy" in r else ""))
@@ -683,7 +709,9 @@ def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch) 
             x = res[dt]["peak_rss"] / res[dt]["weight_bytes"]
             print(f"  peak RSS {SHORT[dt]} ≤ {RSS_TARGET}× weights: {x:.2f}× "
                   f"{'met' if x <= RSS_TARGET else f'MISSED by {100 * (x / RSS_TARGET - 1):.0f}%'}"
-                  f" (RSS before loading weights {mib(res[dt]['rss_base'])} MiB)")
+                  f" (the interpreter, NumPy, Numba and the compiled kernels take {mib(res[dt]['rss_base'])} MiB "
+                  f"before any weight is loaded; (peak - that) / weights = "
+                  f"{(res[dt]['peak_rss'] - res[dt]['rss_base']) / res[dt]['weight_bytes']:.2f})")
 
 
 if __name__ == "__main__":
