@@ -271,7 +271,7 @@ def block(
 ) -> np.ndarray:  # [B, T, E]
     """One CodeGen block: x + attn(ln_1(x)) + mlp(ln_1(x))."""
     B, T, E = x.shape
-    H, D = cfg.n_head, cfg.head_dim
+    H = cfg.n_head
     p = f"transformer.h.{i}."
     S0, S = cache.length, cache.length + T
     op = kernels if fast else ops  # the same functions; the kernels are tested against ops
