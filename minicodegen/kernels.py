@@ -35,12 +35,15 @@ Conventions (shared with ``minicodegen.ops`` and ``minicodegen.model``):
   mark every input read-only before calling a kernel, so one compiled
   specialization serves both ordinary and memory-mapped arrays.
 
-Floating point: the dot products use ``fastmath={'reassoc', 'contract'}``.
-``reassoc`` lets LLVM keep several partial sums in SIMD registers (without it a
-float reduction cannot be vectorized: the additions would have to happen in
-source order); ``contract`` allows fused multiply-add.  Both only change the
-rounding of a sum, and several partial sums are if anything *more* accurate
-than one running sum.  No other fast-math flag is used (no ``nnan``/``ninf``:
+Floating point: the matrix-vector dot products are spelled out as SIMD code
+(``_dot``: four accumulators of 16 lanes, fused multiply-add, a fixed order of
+additions; see the comment above it).  The other loops with sums (attention,
+layer norm) use ``fastmath={'reassoc', 'contract'}``: ``reassoc`` lets LLVM
+keep several partial sums in SIMD registers (without it a float reduction
+cannot be vectorized: the additions would have to happen in source order);
+``contract`` allows fused multiply-add.  Both only change the rounding of a
+sum, and several partial sums are if anything *more* accurate than one
+running sum.  No other fast-math flag is used (no ``nnan``/``ninf``:
 masked attention scores are ``-inf`` on purpose).  ``error_model="numpy"``
 gives IEEE division (x / 0 = inf, as NumPy) instead of Python's
 ZeroDivisionError check, which would also block vectorization.  ``exp`` is
@@ -48,7 +51,7 @@ computed by ``_exp_f32`` (range reduction + polynomial, <= 1.2 ulp) because
 libm's exp/tanh are scalar calls LLVM cannot vectorize.
 
 Threads: ``set_threads(n)`` (default: ``NUMBA_NUM_THREADS``, i.e. all cores);
-idle workers sleep rather than spin (see ``_start_thread_pool``).
+idle workers spin for some microseconds, then sleep (see ``_start_thread_pool``).
 Compilation: ``cache=True`` writes machine code next to this file, so the
 compile cost (see ``warmup()``) is paid once per machine.
 """
@@ -91,9 +94,12 @@ _FM = {"reassoc", "contract"}
 STREAM_MAX_T = 8
 
 # Prefetch distance of the decode kernels, in bytes of W ahead of the row in
-# work (0 disables).  Measured on this machine: 1-8 KiB all help bf16/int8
-# (+15-40% GB/s), 2 KiB is best for fp32.
-PREFETCH_BYTES = 2048
+# work (0 disables), by weight type.  Measured on this machine (1 GB of rows of
+# 1024): float32 31.1 GB/s without, 29.2 with 2 KiB; bf16 25.1 GB/s with
+# 1 KiB, 21.8 without; int8 22.3 GB/s with 4 KiB, 17.2 without.
+PREFETCH_F32 = 0
+PREFETCH_BF16 = 1024
+PREFETCH_INT8 = 4096
 
 # A float additive attention mask marks a key as masked when its value is at or
 # below this (covers -inf, float32 min as used by transformers, and -1e9).
@@ -110,27 +116,38 @@ _TILE_BYTES = 32 << 20
 # ---------------------------------------------------------------------------
 
 
-def _start_thread_pool() -> None:
-    """Start Numba's thread pool with OpenMP workers that *sleep* when idle.
+# How long an idle OpenMP worker spins before it sleeps (GNU OpenMP's
+# GOMP_SPINCOUNT, in iterations of a pause loop: 10,000 is some tens of
+# microseconds here).  Measured on this 2-core machine, int8 decode of the 350M
+# shape: 31 tok/s with sleeping workers (PASSIVE: every kernel launch pays a
+# futex wake-up), 46 with 10,000, the same with 100,000 or spinning for ever.
+_SPIN_COUNT = "10000"
 
-    By default OpenMP workers spin for milliseconds after each parallel loop.
-    On a 2-core machine that is shared (with BLAS's own threads during prefill,
-    with other processes) the spinning steals the cores the real work needs: a
-    sequence of small decode kernels ran 3-10x slower that way.  Sleeping
-    workers cost a few microseconds per kernel launch instead.  The setting is
-    applied only while the pool starts (other OpenMP runtimes loaded later,
-    e.g. torch's, keep their defaults); an explicit OMP_WAIT_POLICY or
-    NUMBA_THREADING_LAYER in the environment wins.
+
+def _start_thread_pool() -> None:
+    """Start Numba's thread pool with OpenMP workers that spin briefly, then sleep.
+
+    A decode step launches a few hundred small parallel loops, microseconds
+    apart.  Workers that go to sleep after each loop (OMP_WAIT_POLICY=PASSIVE)
+    make every launch pay a wake-up; GNU OpenMP's default spins for
+    milliseconds, which on a shared 2-core machine steals the cores that BLAS
+    threads (during prefill) or other processes need.  A short spin
+    (GOMP_SPINCOUNT, see _SPIN_COUNT) keeps the workers awake across one decode
+    step and lets them sleep soon after.  The setting is applied only while the
+    pool starts (other OpenMP runtimes loaded later, e.g. torch's, keep their
+    defaults); OMP_WAIT_POLICY, GOMP_SPINCOUNT or NUMBA_THREADING_LAYER set in
+    the environment win.
     """
-    saved = os.environ.get("OMP_WAIT_POLICY")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    own = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+    if own:
+        os.environ["GOMP_SPINCOUNT"] = _SPIN_COUNT
     try:
         from numba.np.ufunc.parallel import _launch_threads
 
         _launch_threads()
     finally:
-        if saved is None:
-            os.environ.pop("OMP_WAIT_POLICY", None)
+        if own:
+            os.environ.pop("GOMP_SPINCOUNT", None)
 
 
 _start_thread_pool()
@@ -166,34 +183,6 @@ def _f16_to_f32(typingctx, u):
     def codegen(context, builder, sig, args):
         h = builder.bitcast(args[0], ir.HalfType())
         return builder.fpext(h, ir.FloatType())
-
-    return types.float32(u), codegen
-
-
-@intrinsic
-def _bf16_pair_lo(typingctx, u):
-    """From a uint32 holding two bf16 values (little endian), the first one:
-    the float32 with bits ``u << 16``."""
-    if not (isinstance(u, types.Integer) and u.bitwidth == 32):
-        return None
-
-    def codegen(context, builder, sig, args):
-        v = builder.shl(args[0], ir.Constant(ir.IntType(32), 16))
-        return builder.bitcast(v, ir.FloatType())
-
-    return types.float32(u), codegen
-
-
-@intrinsic
-def _bf16_pair_hi(typingctx, u):
-    """From a uint32 holding two bf16 values (little endian), the second one:
-    the float32 with bits ``u & 0xFFFF0000``."""
-    if not (isinstance(u, types.Integer) and u.bitwidth == 32):
-        return None
-
-    def codegen(context, builder, sig, args):
-        v = builder.and_(args[0], ir.Constant(ir.IntType(32), 0xFFFF0000))
-        return builder.bitcast(v, ir.FloatType())
 
     return types.float32(u), codegen
 
@@ -276,6 +265,133 @@ def _exp_f32(x):  # pragma: no cover - compiled
 
 
 # ---------------------------------------------------------------------------
+# The dot product of the decode kernels, written as explicit SIMD code.
+#
+# Definition: dot(x, w) = sum_i x[i] * widen(w[i]) for a float32 vector x and a
+# weight row w of float32, bf16 (uint16 bits), float16 (uint16 bits) or int8,
+# where widen is the exact conversion to float32 (int8: the integer value; the
+# per-row scale is applied by the caller).
+#
+# Why not a plain Numba loop?  LLVM's loop vectorizer targets 256-bit registers
+# on AVX-512 CPUs (the "prefer-256-bit" tuning of Skylake and later), and for
+# bf16 / int8 rows the widening then costs more than the memory reads: those
+# loops ran at 12-20 GB/s where memory gives 31.  Here the loop is spelled out
+# in LLVM IR on vectors of 16 floats (one AVX-512 register; LLVM splits them
+# into 2 or 4 registers on CPUs without AVX-512, so the code runs everywhere):
+#
+#     acc[u] = zeros(16) for u in 0..3           four independent accumulators
+#     for i in 0, 64, 128, ... (< n - n % 64):   the main loop, 64 elements a step
+#         acc[u] = fma(x[i+16u : i+16u+16], widen(w[i+16u : i+16u+16]), acc[u])
+#     for i in steps of 16 (< n - n % 16):       acc[0] = fma(...)
+#     tail = sum of x[i] * widen(w[i]) for the last n % 16 elements (fma, in order)
+#     return hsum((acc[0] + acc[1]) + (acc[2] + acc[3])) + tail
+#
+# where hsum adds halves (16 -> 8 -> 4 -> 2 -> 1 lanes).  The order of the
+# additions is fixed by this code, not by compiler flags, so a result does not
+# depend on the machine's vector width or on the number of threads.  Loads
+# are unaligned (memory-mapped weights can sit at any byte offset).
+# ---------------------------------------------------------------------------
+
+_LANES = 16
+_UNROLL = 4
+_F32 = ir.FloatType()
+_I64 = ir.IntType(64)
+
+
+def _ir_widen(builder, raw, kind):
+    """IR: widen a loaded scalar or vector of weight elements to float32."""
+    lanes = raw.type.count if isinstance(raw.type, ir.VectorType) else None
+
+    def vec(t):
+        return ir.VectorType(t, lanes) if lanes else t
+
+    if kind == "f32":
+        return raw
+    if kind == "i8":
+        return builder.sitofp(raw, vec(_F32))
+    if kind == "bf16":
+        i32 = vec(ir.IntType(32))
+        sixteen = ir.Constant(i32, [16] * lanes if lanes else 16)
+        return builder.bitcast(builder.shl(builder.zext(raw, i32), sixteen), vec(_F32))
+    if kind == "f16":
+        return builder.fpext(builder.bitcast(raw, vec(ir.HalfType())), vec(_F32))
+    raise AssertionError(kind)
+
+
+def _ir_fma(builder, a, b, c):
+    """IR: a * b + c with one rounding (llvm.fma), scalar or vector."""
+    t = a.type
+    name = f"llvm.fma.v{t.count}f32" if isinstance(t, ir.VectorType) else "llvm.fma.f32"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(t, [t, t, t]), name)
+    return builder.call(fn, [a, b, c])
+
+
+def _ir_hsum(builder, v):
+    """IR: the sum of the lanes of a float vector, adding halves."""
+    n = v.type.count
+    while n > 1:
+        h = n // 2
+        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), h), list(range(h))))
+        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), h), list(range(h, n))))
+        v, n = builder.fadd(lo, hi), h
+    return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+
+
+_DOT_KINDS = {  # Numba dtype of w -> (kind, LLVM element type)
+    types.float32: ("f32", _F32),
+    types.uint16: ("bf16", ir.IntType(16)),
+    types.int8: ("i8", ir.IntType(8)),
+}
+
+
+def _make_dot(kinds):
+    def dot(typingctx, x, w):
+        if not (isinstance(x, types.Array) and x.ndim == 1 and x.dtype == types.float32 and x.layout == "C"
+                and isinstance(w, types.Array) and w.ndim == 1 and w.layout == "C" and w.dtype in kinds):
+            return None
+        kind, elem = kinds[w.dtype]
+
+        def codegen(context, builder, sig, args):
+            xa = context.make_array(sig.args[0])(context, builder, value=args[0])
+            wa = context.make_array(sig.args[1])(context, builder, value=args[1])
+            n = builder.extract_value(xa.shape, 0)  # (the caller guarantees len(w) == len(x))
+            xp = builder.bitcast(xa.data, _F32.as_pointer())
+            wp = builder.bitcast(wa.data, elem.as_pointer())
+            vx, vw = ir.VectorType(_F32, _LANES), ir.VectorType(elem, _LANES)
+
+            def fma_at(i, acc):  # acc = fma(x[i:i+16], widen(w[i:i+16]), acc)
+                xv = builder.load(builder.bitcast(builder.gep(xp, [i]), vx.as_pointer()), align=1)
+                wv = builder.load(builder.bitcast(builder.gep(wp, [i]), vw.as_pointer()), align=1)
+                builder.store(_ir_fma(builder, xv, _ir_widen(builder, wv, kind), builder.load(acc)), acc)
+
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(vx, [0.0] * _LANES)) for _ in range(_UNROLL)]
+            step = _LANES * _UNROLL
+            n_main = builder.and_(n, ir.Constant(_I64, -step))
+            with cgutils.for_range_slice(builder, ir.Constant(_I64, 0), n_main, ir.Constant(_I64, step)) as (i, _):
+                for u in range(_UNROLL):
+                    fma_at(builder.add(i, ir.Constant(_I64, u * _LANES)), accs[u])
+            n_vec = builder.and_(n, ir.Constant(_I64, -_LANES))
+            with cgutils.for_range_slice(builder, n_main, n_vec, ir.Constant(_I64, _LANES)) as (i, _):
+                fma_at(i, accs[0])
+            tail = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
+            with cgutils.for_range_slice(builder, n_vec, n, ir.Constant(_I64, 1)) as (i, _):
+                xs = builder.load(builder.gep(xp, [i]), align=1)
+                ws = builder.load(builder.gep(wp, [i]), align=1)
+                builder.store(_ir_fma(builder, xs, _ir_widen(builder, ws, kind), builder.load(tail)), tail)
+            a = [builder.load(acc) for acc in accs]
+            total = builder.fadd(builder.fadd(a[0], a[1]), builder.fadd(a[2], a[3]))
+            return builder.fadd(_ir_hsum(builder, total), builder.load(tail))
+
+        return types.float32(x, w), codegen
+
+    return intrinsic(dot)
+
+
+_dot = _make_dot(_DOT_KINDS)  # w float32, uint16 = bf16 bits, or int8
+_dot_f16 = _make_dot({types.uint16: ("f16", ir.IntType(16))})  # w uint16 = float16 bits
+
+
+# ---------------------------------------------------------------------------
 # Matrix-vector kernels (decode).  Shapes: x [T, n_in] float32, y [T, n_out].
 # Parallel over output rows (each thread streams a contiguous band of W); each
 # W row is read from memory once and used for all T rows of x while it sits in
@@ -295,101 +411,36 @@ def _prefetch_ahead(W, j, n, pf, step):  # pragma: no cover - compiled
             _prefetch(W, p)
 
 
-@njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
-def _gemv_f32(x, W, b, y, pf):  # pragma: no cover - compiled
-    """y = x @ W.T (+ b).   x [T, n_in] f32, W [n_out, n_in] f32, b [n_out] f32 | None."""
+@njit(parallel=True, error_model="numpy", cache=True)
+def _gemv(x, W, scale, b, y, pf):  # pragma: no cover - compiled
+    """y = (x @ widen(W).T) [* scale] [+ b].
+
+    x [T, n_in] f32; W [n_out, n_in] float32, uint16 (bf16 bits) or int8;
+    scale [n_out] f32 or None (int8: the per-row scale); b [n_out] f32 or None.
+    """
     T, n = x.shape
-    n_out = W.shape[0]
-    for j in prange(n_out):
-        _prefetch_ahead(W, j, n, pf, 16)
+    step = 64 // W.itemsize  # elements per cache line
+    for j in prange(W.shape[0]):
+        _prefetch_ahead(W, j, n, pf, step)
         w = W[j]
         for t in range(T):
-            xt = x[t]
-            acc = np.float32(0.0)
-            for i in range(n):
-                acc += xt[i] * w[i]
+            acc = _dot(x[t], w)
+            if scale is not None:
+                acc *= scale[j]
             if b is not None:
                 acc += b[j]
             y[t, j] = acc
 
 
-@njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
-def _gemv_bf16(x, W, b, y, pf):  # pragma: no cover - compiled
-    """y = x @ widen(W).T (+ b).   x [T, n_in] f32, W [n_out, n_in] u16 (bf16 bits)."""
-    T, n = x.shape
-    n_out = W.shape[0]
-    for j in prange(n_out):
-        _prefetch_ahead(W, j, n, pf, 32)
-        w = W[j]
-        for t in range(T):
-            xt = x[t]
-            acc = np.float32(0.0)
-            for i in range(n):
-                acc += xt[i] * _bf16_to_f32(w[i])
-            if b is not None:
-                acc += b[j]
-            y[t, j] = acc
-
-
-@njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
+@njit(parallel=True, error_model="numpy", cache=True)
 def _gemv_f16(x, W, b, y, pf):  # pragma: no cover - compiled
     """y = x @ W.astype(float32).T (+ b).   W [n_out, n_in] u16 (float16 bits)."""
     T, n = x.shape
-    n_out = W.shape[0]
-    for j in prange(n_out):
+    for j in prange(W.shape[0]):
         _prefetch_ahead(W, j, n, pf, 32)
         w = W[j]
         for t in range(T):
-            xt = x[t]
-            acc = np.float32(0.0)
-            for i in range(n):
-                acc += xt[i] * _f16_to_f32(w[i])
-            if b is not None:
-                acc += b[j]
-            y[t, j] = acc
-
-
-@njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
-def _gemv_bf16_pairs(xe, xo, W2, b, y, pf):  # pragma: no cover - compiled
-    """y = x @ widen(W).T (+ b) with W read as pairs of bf16 in uint32 words.
-
-    xe = x[:, 0::2], xo = x[:, 1::2]  ([T, n_in/2] f32, contiguous),
-    W2 = W.view(uint32)               ([n_out, n_in/2]).
-    Word i of a row holds element 2i in its low half and 2i+1 in its high half;
-    each becomes a float32 with one shift or one mask (no shuffles needed).
-    """
-    T, m = xe.shape
-    n_out = W2.shape[0]
-    for j in prange(n_out):
-        _prefetch_ahead(W2, j, m, pf, 16)
-        w = W2[j]
-        for t in range(T):
-            a = xe[t]
-            c = xo[t]
-            acc = np.float32(0.0)
-            for i in range(m):
-                u = w[i]
-                acc += a[i] * _bf16_pair_lo(u) + c[i] * _bf16_pair_hi(u)
-            if b is not None:
-                acc += b[j]
-            y[t, j] = acc
-
-
-@njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
-def _gemv_int8(x, Wq, scale, b, y, pf):  # pragma: no cover - compiled
-    """y = (x @ Wq.T) * scale (+ b).   Wq [n_out, n_in] i8, scale [n_out] f32."""
-    T, n = x.shape
-    n_out = Wq.shape[0]
-    for j in prange(n_out):
-        _prefetch_ahead(Wq, j, n, pf, 64)
-        w = Wq[j]
-        s = scale[j]
-        for t in range(T):
-            xt = x[t]
-            acc = np.float32(0.0)
-            for i in range(n):
-                acc += xt[i] * np.float32(w[i])
-            acc *= s
+            acc = _dot_f16(x[t], w)
             if b is not None:
                 acc += b[j]
             y[t, j] = acc
@@ -520,7 +571,7 @@ def linear_f32(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.
     b = _prep_vec(b, n_out, "b")
     if x2.shape[0] <= STREAM_MAX_T:
         y = np.empty((x2.shape[0], n_out), np.float32)
-        _gemv_f32(_ro(x2), W, b, y, PREFETCH_BYTES // 4)
+        _gemv(_ro(x2), W, None, b, y, PREFETCH_F32 // 4)
     else:
         y = x2 @ W.T
         if b is not None:
@@ -542,12 +593,7 @@ def linear_bf16(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np
     T = x2.shape[0]
     if T <= STREAM_MAX_T:
         y = np.empty((T, n_out), np.float32)
-        if n_in % 2 == 0:
-            xe = _ro(np.ascontiguousarray(x2[:, 0::2]))
-            xo = _ro(np.ascontiguousarray(x2[:, 1::2]))
-            _gemv_bf16_pairs(xe, xo, W.view(np.uint32), b, y, PREFETCH_BYTES // 4)
-        else:
-            _gemv_bf16(_ro(x2), W, b, y, PREFETCH_BYTES // 2)
+        _gemv(_ro(x2), W, None, b, y, PREFETCH_BF16 // 2)
     else:
         y = _tiled_blas(x2, W, _widen_bf16_rows, b, None)
     return y.reshape(*lead, n_out)
@@ -565,7 +611,7 @@ def linear_f16(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.
     T = x2.shape[0]
     if T <= STREAM_MAX_T:
         y = np.empty((T, n_out), np.float32)
-        _gemv_f16(_ro(x2), W, b, y, PREFETCH_BYTES // 2)
+        _gemv_f16(_ro(x2), W, b, y, PREFETCH_BF16 // 2)
     else:
         y = _tiled_blas(x2, W, _widen_f16_rows, b, None)
     return y.reshape(*lead, n_out)
@@ -589,7 +635,7 @@ def linear_int8(x: np.ndarray, Wq: np.ndarray, scale: np.ndarray,
     T = x2.shape[0]
     if T <= STREAM_MAX_T:
         y = np.empty((T, n_out), np.float32)
-        _gemv_int8(_ro(x2), Wq, scale, b, y, PREFETCH_BYTES)
+        _gemv(_ro(x2), Wq, scale, b, y, PREFETCH_INT8)
     else:
         y = _tiled_blas(x2, Wq, _widen_int8_rows, b, scale)
     return y.reshape(*lead, n_out)
