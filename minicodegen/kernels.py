@@ -79,6 +79,7 @@ __all__ = [
     "layer_norm",
     "gelu_new",
     "apply_rotary",
+    "decode_block",
     "set_threads",
     "get_threads",
     "warmup",
@@ -661,6 +662,45 @@ def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None,
 # ---------------------------------------------------------------------------
 
 
+@njit(inline="always", fastmath=_FM, error_model="numpy")
+def _attend_query(qt, k, v, last, allowed, bias, p, o):  # pragma: no cover - compiled
+    """o = softmax attention of one query qt [D] over keys/values k, v [>= last+1, D]
+    at positions 0..last allowed by allowed [>= last+1] (+ additive bias, or None);
+    p [>= last+1] is scratch.  No visible key: o = 0."""
+    D = qt.shape[0]
+    scale = np.float32(math.sqrt(D))
+    m = np.float32(-np.inf)
+    for j in range(last + 1):
+        if allowed[j]:
+            kj = k[j]
+            s = np.float32(0.0)
+            for d in range(D):
+                s += qt[d] * kj[d]
+            s = s / scale
+            if bias is not None:
+                s += bias[j]
+            p[j] = s
+            m = max(m, s)
+        else:
+            p[j] = -np.inf
+    for d in range(D):
+        o[d] = 0.0
+    if m == -np.inf:
+        return  # no visible key (a padding position): zero output
+    tot = np.float32(0.0)
+    for j in range(last + 1):
+        e = _exp_f32(p[j] - m)  # exactly 0 for masked keys (exp(-inf))
+        p[j] = e
+        tot += e
+    inv = np.float32(1.0) / tot
+    for j in range(last + 1):
+        w = p[j] * inv
+        if w != 0.0:
+            vj = v[j]
+            for d in range(D):
+                o[d] += w * vj[d]
+
+
 @njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
 def _attend(q, k, v, S, allowed, bias, out):  # pragma: no cover - compiled
     """Causal softmax attention over the first S cached positions.
@@ -671,46 +711,14 @@ def _attend(q, k, v, S, allowed, bias, out):  # pragma: no cover - compiled
     weights = softmax over the visible keys (exactly 0 elsewhere).  A query with
     no visible key gets a zero output.
     """
-    B, H, T, D = q.shape
-    scale = np.float32(math.sqrt(D))
+    B, H, T, _ = q.shape
     for bh in prange(B * H):
         bi = bh // H
         h = bh % H
         p = np.empty(S, np.float32)  # scores, then weights, of one query
+        bias_row = None if bias is None else bias[bi]
         for t in range(T):
-            qt = q[bi, h, t]
-            o = out[bi, h, t]
-            last = S - T + t  # position of this query = last key it may see
-            m = np.float32(-np.inf)
-            for j in range(last + 1):
-                if allowed[bi, j]:
-                    kj = k[bi, h, j]
-                    s = np.float32(0.0)
-                    for d in range(D):
-                        s += qt[d] * kj[d]
-                    s = s / scale
-                    if bias is not None:
-                        s += bias[bi, j]
-                    p[j] = s
-                    m = max(m, s)
-                else:
-                    p[j] = -np.inf
-            for d in range(D):
-                o[d] = 0.0
-            if m == -np.inf:
-                continue  # no visible key (a padding position): zero output
-            tot = np.float32(0.0)
-            for j in range(last + 1):
-                e = _exp_f32(p[j] - m)  # exactly 0 for masked keys (exp(-inf))
-                p[j] = e
-                tot += e
-            inv = np.float32(1.0) / tot
-            for j in range(last + 1):
-                w = p[j] * inv
-                if w != 0.0:
-                    vj = v[bi, h, j]
-                    for d in range(D):
-                        o[d] += w * vj[d]
+            _attend_query(q[bi, h, t], k[bi, h], v[bi, h], S - T + t, allowed[bi], bias_row, p, out[bi, h, t])
 
 
 def _mask_arrays(key_mask: np.ndarray | None, B: int, S: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -803,20 +811,25 @@ def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -
     return y.reshape(x.shape)
 
 
+_GELU_C2 = np.float32(2.0 * 0.7978845608028654)  # 2 sqrt(2/pi)
+_GELU_A = np.float32(0.044715)
+
+
+@njit(inline="always", fastmath={"contract"}, error_model="numpy")
+def _gelu_scalar(xi):  # pragma: no cover - compiled
+    """0.5 * x * (1 + tanh(u)), u = sqrt(2/pi) * (x + 0.044715 * x**3), computed as
+    x / (1 + exp(-2u)): the same function (0.5 (1 + tanh u) is the logistic
+    sigmoid of 2u), with the vectorizable _exp_f32: one exp and one division
+    instead of a scalar libm tanh."""
+    u2 = _GELU_C2 * (xi + _GELU_A * (xi * xi * xi))
+    return xi / (np.float32(1.0) + _exp_f32(-u2))
+
+
 @njit(parallel=True, fastmath={"contract"}, error_model="numpy", cache=True)
 def _gelu_new(x, y):  # pragma: no cover - compiled
-    """y = 0.5 * x * (1 + tanh(u)), u = sqrt(2/pi) * (x + 0.044715 * x**3); flat f32.
-
-    Computed as y = x / (1 + exp(-2u)), the same function (0.5 (1 + tanh u) is
-    the logistic sigmoid of 2u), with the vectorizable _exp_f32: one exp and one
-    division per element instead of a scalar libm tanh.
-    """
-    c2 = np.float32(2.0 * 0.7978845608028654)  # 2 sqrt(2/pi)
-    a = np.float32(0.044715)
+    """y = gelu_new(x) element-wise (see _gelu_scalar); x, y flat float32."""
     for i in prange(x.shape[0]):
-        xi = x[i]
-        u2 = c2 * (xi + a * (xi * xi * xi))
-        y[i] = xi / (np.float32(1.0) + _exp_f32(-u2))
+        y[i] = _gelu_scalar(x[i])
 
 
 def gelu_new(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -832,6 +845,23 @@ def gelu_new(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
+@njit(error_model="numpy", cache=True)
+def _rotate(xr, sc, rotary_dim, o):  # pragma: no cover - compiled
+    """One head: o = xr with channel pairs (2i, 2i+1), i < rotary_dim / 2, rotated by
+    the angle whose sin, cos are sc[i], sc[rotary_dim/2 + i]; other channels copied.
+    No fused multiply-add (no fastmath), so it rounds exactly as ops.apply_rotary."""
+    half = rotary_dim // 2
+    for i in range(half):
+        s = sc[i]
+        c = sc[half + i]
+        a = xr[2 * i]
+        b2 = xr[2 * i + 1]
+        o[2 * i] = a * c - b2 * s
+        o[2 * i + 1] = b2 * c + a * s
+    for d in range(rotary_dim, xr.shape[0]):
+        o[d] = xr[d]
+
+
 @njit(parallel=True, error_model="numpy", cache=True)
 def _rotary(x, sincos, rotary_dim, out):  # pragma: no cover - compiled
     """GPT-J rotary embedding, like ops.apply_rotary (bit for bit: no fused
@@ -842,23 +872,11 @@ def _rotary(x, sincos, rotary_dim, out):  # pragma: no cover - compiled
     (a, b) -> (a cos - b sin, b cos + a sin); channels >= rotary_dim are copied.
     """
     B, T, H, D = x.shape
-    half = rotary_dim // 2
     for bt in prange(B * T):
         bi = bt // T
         t = bt % T
-        sc = sincos[bi, t]
         for h in range(H):
-            xr = x[bi, t, h]
-            o = out[bi, t, h]
-            for i in range(half):
-                s = sc[i]
-                c = sc[half + i]
-                a = xr[2 * i]
-                b2 = xr[2 * i + 1]
-                o[2 * i] = a * c - b2 * s
-                o[2 * i + 1] = b2 * c + a * s
-            for d in range(rotary_dim, D):
-                o[d] = xr[d]
+            _rotate(x[bi, t, h], sincos[bi, t], rotary_dim, out[bi, t, h])
 
 
 def apply_rotary(x: np.ndarray, sincos: np.ndarray, rotary_dim: int,
@@ -881,6 +899,167 @@ def apply_rotary(x: np.ndarray, sincos: np.ndarray, rotary_dim: int,
         out = np.empty((B, T, H, D), np.float32)
     _rotary(_ro(x), _ro(sincos), rotary_dim, out)
     return out
+
+
+# ---------------------------------------------------------------------------
+# One decode step of a CodeGen block, fused (one new token per row).
+#
+# The block is  x + out_proj(attn(ln_1(x))) + fc_out(gelu(fc_in(ln_1(x))))  (see
+# model.block, whose NumPy path is the definition).  Run op by op, a decode step
+# launches ~10 kernels per layer from Python, each for microseconds of work:
+# the launches and the Python in between cost a quarter of an int8 step.  Here
+# one call does the whole block in three parallel loops:
+#
+#   1. qkv_proj and fc_in (+ bias, gelu) of ln_1(x): both read the same input,
+#      so one loop over the 3E + n_inner rows of the two matrices;
+#   2. per (row, head): split q/k/v (mp_num layout), rotary on q and k, append
+#      k and v to the cache, attend over the cache;
+#   3. out_proj(attention) + fc_out(hidden) + bias + residual: both write the
+#      same E outputs, so one loop over E rows reading a row of each matrix.
+# ---------------------------------------------------------------------------
+
+
+@njit(parallel=True, fastmath={"contract"}, error_model="numpy", cache=True)
+def _gemv_pair(x, W1, s1, y1, W2, s2, b2, y2, pf):  # pragma: no cover - compiled
+    """y1 = x @ widen(W1).T [* s1];  y2 = gelu_new(x @ widen(W2).T [* s2] + b2).
+
+    x [B, n_in]; W1 [n1, n_in], W2 [n2, n_in] (same dtype); s1, s2: int8 row
+    scales or None; b2 [n2] or None; y1 [B, n1], y2 [B, n2].  One parallel loop
+    over the n1 + n2 rows.
+    """
+    B, n = x.shape
+    n1 = W1.shape[0]
+    step = 64 // W1.itemsize
+    for j in prange(n1 + W2.shape[0]):
+        if j < n1:
+            _prefetch_ahead(W1, j, n, pf, step)
+            w1 = W1[j]
+            for t in range(B):
+                acc = _dot(x[t], w1)
+                if s1 is not None:
+                    acc *= s1[j]
+                y1[t, j] = acc
+        else:
+            r = j - n1
+            _prefetch_ahead(W2, r, n, pf, step)
+            w2 = W2[r]
+            for t in range(B):
+                acc = _dot(x[t], w2)
+                if s2 is not None:
+                    acc *= s2[r]
+                if b2 is not None:
+                    acc += b2[r]
+                y2[t, r] = _gelu_scalar(acc)
+
+
+@njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
+def _rope_attend_step(qkv, sincos, rotary_dim, n_head, mp_num, k_cache, v_cache, S, allowed, out):  # pragma: no cover - compiled
+    """Attention of one new token per row, which sits at cache slot S - 1.
+
+    qkv [B, 3E] (qkv_proj output, mp_num blocks of [q | v | k], see
+    ops.split_qkv); sincos [B, rotary_dim] (the token's table row);
+    k_cache, v_cache [B, H, S_cap, D]; allowed [B, S] bool; out [B, E] (heads
+    merged: head h at columns h*D .. h*D + D).  Writes the token's rotated key
+    and its value to slot S - 1, then attends over slots 0..S-1.
+    """
+    B = qkv.shape[0]
+    E = qkv.shape[1] // 3
+    D = E // n_head
+    heads_per_block = n_head // mp_num
+    block = 3 * E // mp_num
+    part = E // mp_num
+    for bh in prange(B * n_head):
+        b = bh // n_head
+        h = bh % n_head
+        base = (h // heads_per_block) * block + (h % heads_per_block) * D
+        q = np.empty(D, np.float32)
+        _rotate(qkv[b, base:base + D], sincos[b], rotary_dim, q)
+        _rotate(qkv[b, base + 2 * part:base + 2 * part + D], sincos[b], rotary_dim, k_cache[b, h, S - 1])
+        v_cache[b, h, S - 1, :] = qkv[b, base + part:base + part + D]
+        p = np.empty(S, np.float32)
+        _attend_query(q, k_cache[b, h], v_cache[b, h], S - 1, allowed[b], None, p, out[b, h * D:(h + 1) * D])
+
+
+@njit(parallel=True, error_model="numpy", cache=True)
+def _gemv_sum_into(x, a, W1, s1, hidden, W2, s2, b2, pf):  # pragma: no cover - compiled
+    """x += a @ widen(W1).T [* s1] + (hidden @ widen(W2).T [* s2] + b2), in place.
+
+    x, a [B, E]; W1 [E, E]; hidden [B, n_inner]; W2 [E, n_inner]; one parallel
+    loop over the E output rows, reading a row of each matrix.
+    """
+    B = x.shape[0]
+    n1 = W1.shape[1]
+    n2 = W2.shape[1]
+    step = 64 // W1.itemsize
+    for j in prange(W1.shape[0]):
+        _prefetch_ahead(W1, j, n1, pf, step)
+        _prefetch_ahead(W2, j, n2, pf, step)
+        w1 = W1[j]
+        w2 = W2[j]
+        for t in range(B):
+            u = _dot(a[t], w1)
+            if s1 is not None:
+                u *= s1[j]
+            v = _dot(hidden[t], w2)
+            if s2 is not None:
+                v *= s2[j]
+            if b2 is not None:
+                v += b2[j]
+            x[t, j] = x[t, j] + (u + v)
+
+
+@njit(error_model="numpy", cache=True)
+def _decode_block(x, ln_g, ln_b, eps, W_qkv, s_qkv, W_out, s_out, W_in, s_in, b_in, W_fo, s_fo, b_fo,
+                  sincos, rotary_dim, n_head, mp_num, k_cache, v_cache, S, allowed, pf):  # pragma: no cover - compiled
+    """The fused block (see the section comment); x [B, E] is updated in place."""
+    B, E = x.shape
+    h = np.empty_like(x)
+    _layer_norm(x, ln_g, ln_b, eps, h)
+    qkv = np.empty((B, W_qkv.shape[0]), np.float32)
+    hidden = np.empty((B, W_in.shape[0]), np.float32)
+    _gemv_pair(h, W_qkv, s_qkv, qkv, W_in, s_in, b_in, hidden, pf)
+    a = np.empty((B, E), np.float32)
+    _rope_attend_step(qkv, sincos, rotary_dim, n_head, mp_num, k_cache, v_cache, S, allowed, a)
+    _gemv_sum_into(x, a, W_out, s_out, hidden, W_fo, s_fo, b_fo, pf)
+
+
+_PREFETCH = {np.dtype(np.float32): "PREFETCH_F32", np.dtype(np.uint16): "PREFETCH_BF16", np.dtype(np.int8): "PREFETCH_INT8"}
+
+
+def decode_block(x: np.ndarray, layer: dict[str, np.ndarray], eps: float, sincos: np.ndarray, rotary_dim: int,
+                 n_head: int, k_cache: np.ndarray, v_cache: np.ndarray, S: int, allowed: np.ndarray,
+                 mp_num: int = 4) -> np.ndarray:
+    """One CodeGen block for one new token per row, fused into three parallel loops.
+
+    x [B, E] float32 residual stream (updated in place and returned); ``layer``
+    maps the block's weight names without the ``transformer.h.{i}.`` prefix
+    (``ln_1.weight``, ``attn.qkv_proj.weight``, ... and ``*.weight.scale`` for
+    int8) to arrays; sincos [B, rotary_dim] the table rows of the tokens'
+    positions; k_cache, v_cache [B, H, S_cap, D] float32, the token goes to
+    slot S - 1; allowed [B, >= S] bool (False: padding).  Equals
+    ``model.block`` (its NumPy path is the definition) for T = 1.
+    """
+    W_qkv = layer["attn.qkv_proj.weight"]
+    dt = W_qkv.dtype
+    names = ("attn.qkv_proj", "attn.out_proj", "mlp.fc_in", "mlp.fc_out")
+    Ws = [_check_w(layer[n + ".weight"], dt.type, n + ".weight") for n in names]
+    sc = [_ro(layer.get(n + ".weight.scale")) for n in names]
+    if (dt == np.int8) != all(s is not None for s in sc):
+        raise ValueError("int8 weights need a .weight.scale for every matrix, other dtypes none")
+    if dt not in _PREFETCH:
+        raise TypeError(f"decode_block takes float32, uint16 (bf16) or int8 weights, got {dt}")
+    B, E = x.shape
+    if x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.writeable:
+        raise ValueError("x must be a writeable C-contiguous float32 [B, E] array")
+    if k_cache.shape != v_cache.shape or k_cache.shape[:2] != (B, n_head) or not 1 <= S <= k_cache.shape[2]:
+        raise ValueError(f"cache {k_cache.shape} does not fit B={B}, H={n_head}, S={S}")
+    _decode_block(x, _ro(layer["ln_1.weight"]), _ro(layer["ln_1.bias"]), float(eps),
+                  Ws[0], sc[0], Ws[1], sc[1], Ws[2], sc[2], _ro(layer.get("mlp.fc_in.bias")),
+                  Ws[3], sc[3], _ro(layer.get("mlp.fc_out.bias")),
+                  _ro(np.ascontiguousarray(sincos, dtype=np.float32)), int(rotary_dim), int(n_head), int(mp_num),
+                  k_cache, v_cache, int(S), _ro(np.ascontiguousarray(allowed[:, :S], dtype=np.bool_)),
+                  globals()[_PREFETCH[dt]])
+    return x
 
 
 # ---------------------------------------------------------------------------
@@ -908,7 +1087,7 @@ def get_threads() -> int:
 def warmup() -> float:
     """Compile (or load from the on-disk cache) every kernel signature the model
     uses: linear fp32 / bf16 / int8 / fp16 with and without bias (decode and prefill
-    paths), attention, layer norm, gelu, rotary.  Returns the seconds it took."""
+    paths), attention, layer norm, gelu, rotary, and the fused decode block.  Returns the seconds it took."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     n_out, n_in = 24, 16
@@ -936,4 +1115,17 @@ def warmup() -> float:
     qkv = rng.standard_normal((1, 2, 3 * 4 * 8), dtype=np.float32).reshape(1, 2, 4, 3, 8)
     apply_rotary(qkv[:, :, :, 0], rng.standard_normal((1, 2, 4), dtype=np.float32), 4)  # strided view
     apply_rotary(np.ascontiguousarray(qkv[:, :, :, 0]), rng.standard_normal((1, 2, 4), dtype=np.float32), 4)
+    E, H, n_inner = 16, 4, 32  # the fused decode block, for each weight type
+    for w in (Wf, Wb, Wq):
+        def mat(n_out, n_in, w=w):
+            return np.ascontiguousarray(np.resize(w, (n_out, n_in)))
+        layer = {"ln_1.weight": np.ones(E, np.float32), "ln_1.bias": np.zeros(E, np.float32),
+                 "attn.qkv_proj.weight": mat(3 * E, E), "attn.out_proj.weight": mat(E, E),
+                 "mlp.fc_in.weight": mat(n_inner, E), "mlp.fc_in.bias": np.zeros(n_inner, np.float32),
+                 "mlp.fc_out.weight": mat(E, n_inner), "mlp.fc_out.bias": np.zeros(E, np.float32)}
+        if w.dtype == np.int8:
+            layer |= {n + ".scale": np.ones(layer[n].shape[0], np.float32) for n in list(layer) if layer[n].ndim == 2}
+        kv = np.zeros((1, H, 2, E // H), np.float32)
+        decode_block(np.zeros((1, E), np.float32), layer, 1e-5, np.zeros((1, 2), np.float32), 2, H, kv, kv.copy(), 1,
+                     np.ones((1, 1), bool))
     return time.perf_counter() - t0

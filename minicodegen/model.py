@@ -259,6 +259,10 @@ def positions_from_mask(mask: np.ndarray, seen: np.ndarray) -> np.ndarray:  # [B
     return np.where(mask != 0, pos, 1).astype(np.int64)
 
 
+_BLOCK_WEIGHTS = [f"{m}.{k}" for m in ("ln_1", "attn.qkv_proj", "attn.out_proj", "mlp.fc_in", "mlp.fc_out")
+                  for k in ("weight", "bias", "weight.scale")]  # per-layer names, without "transformer.h.{i}."
+
+
 def block(
     x: np.ndarray,  # [B, T, E] residual stream
     weights: dict[str, np.ndarray],
@@ -275,6 +279,12 @@ def block(
     p = f"transformer.h.{i}."
     S0, S = cache.length, cache.length + T
     op = kernels if fast else ops  # the same functions; the kernels are tested against ops
+    if fast and T == 1 and trace is None:  # decoding: the whole block in one fused kernel call
+        layer = {n: weights[p + n] for n in _BLOCK_WEIGHTS if p + n in weights}
+        out = x.reshape(B, E).copy()
+        kernels.decode_block(out, layer, cfg.layer_norm_epsilon, sincos[:, 0], cfg.rotary_dim, H,
+                             cache.k[i], cache.v[i], S, cache.mask[:, :S] != 0)
+        return out.reshape(B, T, E)
 
     h = op.layer_norm(x, weights[p + "ln_1.weight"], weights[p + "ln_1.bias"], cfg.layer_norm_epsilon)
     rows = h.reshape(B * T, E)
