@@ -370,6 +370,8 @@ def forward(
     logits = dense(rows, weights, head, model.fast, bias="lm_head.bias").reshape(B, -1, cfg.vocab_size)
     if trace is not None:
         trace |= {"ln_f": x, "logits": logits}
+    if model.fast and B * T > kernels.STREAM_MAX_T:
+        kernels.release_scratch()  # the prompt's widened-weight tile: not needed while decoding
     return logits.astype(np.float32, copy=False)
 
 

@@ -255,6 +255,9 @@ def attention_case(draw):
     D = draw(st.sampled_from([1, 3, 8, 17, 64]))
     S = draw(st.integers(1, 40))
     T = draw(st.integers(1, min(S, 6)))
+    if draw(st.booleans()):  # a prompt: the BLAS path (T >= ATTEND_BLAS_MIN_T), over several query chunks
+        S = draw(st.integers(K.ATTEND_BLAS_MIN_T, 150))
+        T = draw(st.integers(K.ATTEND_BLAS_MIN_T, S))
     cap = S + draw(st.integers(0, 5))
     seed = draw(seeds)
     kind = draw(st.sampled_from(["none", "bool", "int", "additive"]))
@@ -309,6 +312,11 @@ def test_attend_cached_matches_ops_attention():
         pytest.skip("minicodegen.ops.attention not available")
     rng = np.random.default_rng(11)
     B, H, D, S, T = 3, 4, 64, 29, 5
+    _attend_matches_ops(rng, B, H, D, S, T)
+    _attend_matches_ops(rng, B, H, D, 150, 140)  # a prompt: the BLAS path
+
+
+def _attend_matches_ops(rng, B, H, D, S, T):
     q = rng.standard_normal((B, H, T, D)).astype(np.float32)
     k = rng.standard_normal((B, H, S + 3, D)).astype(np.float32)
     v = rng.standard_normal((B, H, S + 3, D)).astype(np.float32)
