@@ -310,7 +310,8 @@ def block(
     attn_out = dense(a, weights, p + "attn.out_proj", fast)
 
     # MLP on the same ln_1 output (parallel residual)
-    hidden = op.gelu_new(dense(rows, weights, p + "mlp.fc_in", fast))
+    hidden = dense(rows, weights, p + "mlp.fc_in", fast)
+    hidden = kernels.gelu_new(hidden, out=hidden) if fast else ops.gelu_new(hidden)
     mlp_out = dense(hidden, weights, p + "mlp.fc_out", fast)
 
     out = x + (attn_out + mlp_out).reshape(B, T, E)
