@@ -404,11 +404,14 @@ class Model:
         return forward(self, input_ids, attention_mask, position_ids)
 
 
-def load(path: str | os.PathLike, fast: bool = True) -> Model:
-    """Loads a model from a checkpoint directory, a converted ``.npz``, a hub id or ``"tiny"``."""
+def load(path: str | os.PathLike, fast: bool = True, mapped: bool = True) -> Model:
+    """Loads a model from a checkpoint directory, a converted ``.npz``, a hub id or ``"tiny"``.
+
+    ``mapped=False``: read a ``.npz`` into memory rather than mapping it (slower to load, faster
+    to decode; see checkpoint.load_model)."""
     from . import checkpoint
 
-    return checkpoint.load_model(path, fast=fast)
+    return checkpoint.load_model(path, fast=fast, mapped=mapped)
 
 
 def read_config(path: str | os.PathLike) -> Config:

@@ -309,6 +309,18 @@ def test_npz_loads_memory_mapped(checkpoints, tmp_path):
     assert all(_backed_by_mmap(w) for w in bf.weights.values())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_npz_read_into_memory(checkpoints, tmp_path, dtype):
+    """mapped=False: the same arrays, in memory of their own; the same logits."""
+    out = ck.convert(checkpoints["safetensors"][0], tmp_path / "m.npz", dtype=dtype)
+    mapped, in_mem = ck.load_model(out, fast=True), ck.load_model(out, fast=True, mapped=False)
+    assert mapped.weights.keys() == in_mem.weights.keys()
+    for name, w in in_mem.weights.items():
+        assert not _backed_by_mmap(w), f"{name} is still mapped"
+        assert w.dtype == mapped.weights[name].dtype and np.array_equal(w, mapped.weights[name])
+    assert np.array_equal(mapped.logits(IDS), in_mem.logits(IDS))
+
+
 RSS_SCRIPT = """
 import sys, numpy as np
 from minicodegen import checkpoint as ck

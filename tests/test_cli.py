@@ -55,6 +55,16 @@ def test_prompt_argument_streams_the_completion(ckpt):
     assert p.stderr == ""
 
 
+def test_in_memory_model_gives_the_same_completion(ckpt, tmp_path):
+    from minicodegen import checkpoint
+
+    npz = checkpoint.convert(ckpt, tmp_path / "m.npz", dtype="int8")
+    args = ("def add(a, b):", "--model", str(npz), "--max-new-tokens", "12", "--no-truncate")
+    a, b = run(*args), run(*args, "--in-memory")
+    assert a.returncode == b.returncode == 0, (a.stderr, b.stderr)
+    assert a.stdout == b.stdout and a.stdout.startswith("def add(a, b):")
+
+
 def test_prompt_on_stdin(ckpt):
     a = run("--model", str(ckpt), "--max-new-tokens", "8", stdin="import os\n")
     b = run("-", "--model", str(ckpt), "--max-new-tokens", "8", stdin="import os\n")
