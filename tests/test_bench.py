@@ -23,16 +23,19 @@ def test_bench_smoke(tmp_path: Path) -> None:
     out = p.stdout
     for figure in [
         "load average at start", "numpy BLAS", "kernels.warmup(): first run", "on-disk cache",
-        "memory read rate", "transformers fp32: decode", "cross-check: generate",
+        "memory read rate", "transformers fp32 (default OpenMP): decode",
+        "transformers fp32 (OMP_WAIT_POLICY=PASSIVE): decode", "cross-check: generate",
         "minicodegen fp32: decode", "minicodegen bf16: decode", "minicodegen int8: decode",
+        "minicodegen fp32 (mapped): decode", "minicodegen bf16 (mapped): decode", "minicodegen int8 (mapped): decode",
+        "Ratios are against the better transformers configuration",
         "peak RSS while decoding", "bf16: identical prefix", "int8: identical prefix", "teacher-forced",
         "max |Δlogits|", "fp32 kernels vs NumPy definition", "fp32 vs transformers",
         "## Performance", "Bandwidth bound", "First run",
     ]:  # fmt: skip
         assert figure in out, f"missing {figure!r} in:\n{out}"
     rows = [ln for ln in out.splitlines() if re.match(r"\| (transformers|minicodegen) ", ln)]
-    assert len(rows) == 4, out
+    assert len(rows) == 8, out  # transformers twice (OpenMP default / PASSIVE), minicodegen 3 dtypes x (in memory, mapped)
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert len(cells) == 10 and all(cells), row
+        assert len(cells) == 11 and all(cells), row
     assert "nan" not in out.lower().replace("nanoseconds", ""), out
