@@ -424,6 +424,7 @@ def _npy_member(mm: mmap.mmap, info: zipfile.ZipInfo, path: Path, verify: bool, 
     fh.seek(offset)
     if fh.readinto(memoryview(arr).cast("B")) != arr.nbytes:
         raise ValueError(f"{path}: member {name!r} is truncated")
+    arr.flags.writeable = False  # like the mapped arrays: weights are not changed by accident
     return arr
 
 

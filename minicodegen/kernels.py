@@ -68,7 +68,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 __all__ = [
     "linear",
@@ -366,12 +366,27 @@ def _make_dot(kinds):
                 wv = builder.load(builder.bitcast(builder.gep(wp, [i]), vw.as_pointer()), align=1)
                 builder.store(_ir_fma(builder, xv, _ir_widen(builder, wv, kind), builder.load(acc)), acc)
 
+            def fma_pairs_at(i, acc_even, acc_odd):  # bf16, x in pair order (see _bf16_pair_order)
+                words = builder.load(builder.bitcast(builder.gep(wp, [i]), vi32.as_pointer()), align=1)
+                even = builder.bitcast(builder.shl(words, ir.Constant(vi32, [16] * _LANES)), vx)
+                odd = builder.bitcast(builder.and_(words, ir.Constant(vi32, [-65536] * _LANES)), vx)
+                xe = builder.load(builder.bitcast(builder.gep(xp, [i]), vx.as_pointer()), align=1)
+                i16 = builder.add(i, ir.Constant(_I64, _LANES))
+                xo = builder.load(builder.bitcast(builder.gep(xp, [i16]), vx.as_pointer()), align=1)
+                builder.store(_ir_fma(builder, xe, even, builder.load(acc_even)), acc_even)
+                builder.store(_ir_fma(builder, xo, odd, builder.load(acc_odd)), acc_odd)
+
+            vi32 = ir.VectorType(ir.IntType(32), _LANES)
             accs = [cgutils.alloca_once_value(builder, ir.Constant(vx, [0.0] * _LANES)) for _ in range(_UNROLL)]
             step = _LANES * _UNROLL
             n_main = builder.and_(n, ir.Constant(_I64, -step))
             with cgutils.for_range_slice(builder, ir.Constant(_I64, 0), n_main, ir.Constant(_I64, step)) as (i, _):
-                for u in range(_UNROLL):
-                    fma_at(builder.add(i, ir.Constant(_I64, u * _LANES)), accs[u])
+                if kind == "bf16":  # two blocks of 32 elements, each one load of 16 words
+                    fma_pairs_at(i, accs[0], accs[1])
+                    fma_pairs_at(builder.add(i, ir.Constant(_I64, 2 * _LANES)), accs[2], accs[3])
+                else:
+                    for u in range(_UNROLL):
+                        fma_at(builder.add(i, ir.Constant(_I64, u * _LANES)), accs[u])
             n_vec = builder.and_(n, ir.Constant(_I64, -_LANES))
             with cgutils.for_range_slice(builder, n_main, n_vec, ir.Constant(_I64, _LANES)) as (i, _):
                 fma_at(i, accs[0])
@@ -389,8 +404,38 @@ def _make_dot(kinds):
     return intrinsic(dot)
 
 
-_dot = _make_dot(_DOT_KINDS)  # w float32, uint16 = bf16 bits, or int8
+_dot = _make_dot(_DOT_KINDS)  # w float32, uint16 = bf16 bits (x in pair order), or int8
 _dot_f16 = _make_dot({types.uint16: ("f16", ir.IntType(16))})  # w uint16 = float16 bits
+
+
+@njit(error_model="numpy", cache=True)
+def _bf16_pair_order(x):  # pragma: no cover - compiled
+    """x [T, n] with each block of 32 elements below n - n % 64 reordered as its 16 even-indexed
+    elements, then its 16 odd-indexed ones (the rest as is): the layout in which _dot takes x
+    for bf16 rows.  _dot then loads 16 uint32 words = 32 bf16 weights at once and gets the
+    even ones as float32 with one shift (word << 16) and the odd ones with one mask
+    (word & 0xFFFF0000), instead of widening 16-bit lanes one by one."""
+    T, n = x.shape
+    out = x.copy()
+    n_main = n - n % 64
+    for t in range(T):
+        for b in range(0, n_main, 32):
+            for k in range(16):
+                out[t, b + k] = x[t, b + 2 * k]
+                out[t, b + 16 + k] = x[t, b + 2 * k + 1]
+    return out
+
+
+def _dot_operand(x, W):  # pragma: no cover - replaced by the overload in compiled code
+    raise NotImplementedError
+
+
+@overload(_dot_operand, inline="always")
+def _dot_operand_impl(x, W):
+    """x as _dot takes it for rows of W: in pair order for bf16 (uint16) rows, else as is."""
+    if W.dtype == types.uint16:
+        return lambda x, W: _bf16_pair_order(x)
+    return lambda x, W: x
 
 
 # ---------------------------------------------------------------------------
@@ -422,11 +467,12 @@ def _gemv(x, W, scale, b, y, pf):  # pragma: no cover - compiled
     """
     T, n = x.shape
     step = 64 // W.itemsize  # elements per cache line
+    xd = _dot_operand(x, W)
     for j in prange(W.shape[0]):
         _prefetch_ahead(W, j, n, pf, step)
         w = W[j]
         for t in range(T):
-            acc = _dot(x[t], w)
+            acc = _dot(xd[t], w)
             if scale is not None:
                 acc *= scale[j]
             if b is not None:
@@ -1001,6 +1047,7 @@ def _gemv_pair(x, W1, s1, y1, W2, s2, b2, y2, pf):  # pragma: no cover - compile
     B, n = x.shape
     n1 = W1.shape[0]
     step = 64 // W1.itemsize
+    x = _dot_operand(x, W1)  # (W1 and W2 have the same dtype)
     for j in prange(n1 + W2.shape[0]):
         if j < n1:
             _prefetch_ahead(W1, j, n, pf, step)
@@ -1062,6 +1109,8 @@ def _gemv_sum_into(x, a, W1, s1, hidden, W2, s2, b2, pf):  # pragma: no cover - 
     n1 = W1.shape[1]
     n2 = W2.shape[1]
     step = 64 // W1.itemsize
+    a = _dot_operand(a, W1)
+    hidden = _dot_operand(hidden, W2)
     for j in prange(W1.shape[0]):
         _prefetch_ahead(W1, j, n1, pf, step)
         _prefetch_ahead(W2, j, n2, pf, step)
@@ -1129,7 +1178,7 @@ def decode_block(x: np.ndarray, layer: dict[str, np.ndarray], eps: float, sincos
                   Ws[3], sc[3], _ro(layer.get("mlp.fc_out.bias")),
                   _ro(np.ascontiguousarray(sincos, dtype=np.float32)), int(rotary_dim), int(n_head), int(mp_num),
                   k_cache, v_cache, int(S), _ro(np.ascontiguousarray(allowed[:, :S], dtype=np.bool_)),
-                  globals()[_PREFETCH[dt]])
+                  globals()[_PREFETCH[dt]] // dt.itemsize)
     return x
 
 

@@ -317,6 +317,7 @@ def test_npz_read_into_memory(checkpoints, tmp_path, dtype):
     assert mapped.weights.keys() == in_mem.weights.keys()
     for name, w in in_mem.weights.items():
         assert not _backed_by_mmap(w), f"{name} is still mapped"
+        assert not w.flags.writeable
         assert w.dtype == mapped.weights[name].dtype and np.array_equal(w, mapped.weights[name])
     assert np.array_equal(mapped.logits(IDS), in_mem.logits(IDS))
 
