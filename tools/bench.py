@@ -198,7 +198,15 @@ def w_memrate(a: dict) -> None:
         t0 = time.perf_counter()
         row_sums(x, out)
         ts.append(time.perf_counter() - t0)
-    result({"gbps": x.nbytes / median(ts) / 1e9, "gbps_best": x.nbytes / min(ts) / 1e9, "bytes": x.nbytes})
+    huge = 0  # bytes of this process's anonymous memory on huge pages: the probe array's share
+    try:
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            if line.startswith("AnonHugePages:"):
+                huge = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    result({"gbps": x.nbytes / median(ts) / 1e9, "gbps_best": x.nbytes / min(ts) / 1e9, "bytes": x.nbytes,
+            "huge_fraction": min(1.0, huge / x.nbytes)})
 
 
 def _weights_read_per_token(weights: dict) -> int:
@@ -584,7 +592,8 @@ def main(argv: list[str] | None = None) -> None:
     for rnd in range(rounds):
         rates.append(run_worker("memrate", {"threads": th, "bytes": mem_bytes, "reps": 5}, th))
         print(f"\nround {rnd + 1}/{rounds}: memory read rate {rates[-1]['gbps']:.1f} GB/s (Numba parallel row sums "
-              f"over {rates[-1]['bytes'] / 1e9:.2f} GB, {th} threads); load average {os.getloadavg()[0]:.2f}", flush=True)
+              f"over {rates[-1]['bytes'] / 1e9:.2f} GB, {th} threads, {100 * rates[-1].get('huge_fraction', 0):.0f}% of it "
+              f"on huge pages); load average {os.getloadavg()[0]:.2f}", flush=True)
         for key in order if rnd % 2 == 0 else order[::-1]:
             a = {**common, "generate": rnd == 0}
             if key in TORCH_CONFIGS:
