@@ -529,14 +529,16 @@ def _widen_f16_rows(W, j0, out):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
-def _widen_int8_rows(Wq, j0, out):  # pragma: no cover - compiled
-    """out[r] = float32(Wq[j0 + r]) (exact; the scale is applied after the product)."""
+def _widen_int8_rows(Wq, j0, out, scale):  # pragma: no cover - compiled
+    """out[r] = float32(Wq[j0 + r]) * scale[j0 + r]: the dequantized rows, rounded as
+    model.dequantize rounds them (so BLAS then multiplies the very matrix of the definition)."""
     R, n = out.shape
     for r in prange(R):
         w = Wq[j0 + r]
+        s = scale[j0 + r]
         o = out[r]
         for i in range(n):
-            o[i] = np.float32(w[i])
+            o[i] = np.float32(w[i]) * s
 
 
 # ---------------------------------------------------------------------------
@@ -599,9 +601,11 @@ def release_scratch() -> None:
 
 def _tiled_blas(x2: np.ndarray, W: np.ndarray, widen, b: np.ndarray | None,
                 scale: np.ndarray | None) -> np.ndarray:
-    """y = x2 @ widen(W).T [* scale] [+ b], widening R rows at a time into a
-    float32 tile that BLAS multiplies; extra memory is one tile (kept for the
-    next call)."""
+    """y = x2 @ widen(W).T + b, widening R rows at a time into a float32 tile that BLAS
+    multiplies; extra memory is one tile (kept for the next call).  ``widen(W, j0, tile)``,
+    or ``widen(W, j0, tile, scale)`` when a scale is given (int8: dequantize rows)."""
+    if scale is not None:
+        widen = _with_scale(widen, scale)
     T, n_in = x2.shape
     n_out = W.shape[0]
     R = max(16, min(n_out, _TILE_BYTES // (4 * n_in)))
@@ -621,11 +625,13 @@ def _tiled_blas(x2: np.ndarray, W: np.ndarray, widen, b: np.ndarray | None,
                 y[:, j0:j0 + r] = part
             else:
                 y[:, j0:j0 + r] = x2 @ t.T
-    if scale is not None:
-        y *= scale
     if b is not None:
         y += b
     return y
+
+
+def _with_scale(widen, scale):
+    return lambda W, j0, out: widen(W, j0, out, scale)
 
 
 def linear_f32(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
@@ -691,7 +697,7 @@ def linear_int8(x: np.ndarray, Wq: np.ndarray, scale: np.ndarray,
     """``(x @ Wq.T) * scale + b`` for int8 ``Wq [n_out, n_in]``, float32 ``scale [n_out]``.
 
     Equals ``x @ (Wq * scale[:, None]).T + b`` up to float32 rounding.  Decode
-    streams Wq (1 byte per weight) and converts in registers; prefill converts
+    streams Wq (1 byte per weight) and converts in registers; prefill dequantizes
     blocks of rows into a float32 tile for BLAS.
     """
     Wq = _check_w(Wq, np.int8, "Wq")
@@ -953,16 +959,31 @@ def _gelu_new(x, y):  # pragma: no cover - compiled
         y[i] = _gelu_scalar(x[i])
 
 
-def gelu_new(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+@njit(parallel=True, fastmath={"contract"}, error_model="numpy", cache=True)
+def _bias_gelu_new(x, b, y):  # pragma: no cover - compiled
+    """y = gelu_new(x + b) row by row; x, y [N, n] float32, b [n]: one pass instead of two."""
+    for r in prange(x.shape[0]):
+        xr = x[r]
+        yr = y[r]
+        for i in range(x.shape[1]):
+            yr[i] = _gelu_scalar(xr[i] + b[i])
+
+
+def gelu_new(x: np.ndarray, out: np.ndarray | None = None, bias: np.ndarray | None = None) -> np.ndarray:
     """GPT-2 / CodeGen tanh GELU, ``0.5*x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x**3)))``.
 
-    x float32, any shape; ``out`` may be ``x`` itself (in place)."""
+    x float32, any shape; ``out`` may be ``x`` itself (in place); ``bias`` [x.shape[-1]]:
+    gelu_new(x + bias) in the same pass."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if out is None:
         out = np.empty_like(x)
     elif out.shape != x.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError("out must be a C-contiguous float32 array shaped like x")
-    _gelu_new(x.reshape(-1), out.reshape(-1))
+    if bias is None:
+        _gelu_new(x.reshape(-1), out.reshape(-1))
+    else:
+        n = x.shape[-1] if x.ndim else 1
+        _bias_gelu_new(x.reshape(-1, n), _prep_vec(bias, n, "bias"), out.reshape(-1, n))
     return out
 
 
