@@ -959,31 +959,16 @@ def _gelu_new(x, y):  # pragma: no cover - compiled
         y[i] = _gelu_scalar(x[i])
 
 
-@njit(parallel=True, fastmath={"contract"}, error_model="numpy", cache=True)
-def _bias_gelu_new(x, b, y):  # pragma: no cover - compiled
-    """y = gelu_new(x + b) row by row; x, y [N, n] float32, b [n]: one pass instead of two."""
-    for r in prange(x.shape[0]):
-        xr = x[r]
-        yr = y[r]
-        for i in range(x.shape[1]):
-            yr[i] = _gelu_scalar(xr[i] + b[i])
-
-
-def gelu_new(x: np.ndarray, out: np.ndarray | None = None, bias: np.ndarray | None = None) -> np.ndarray:
+def gelu_new(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """GPT-2 / CodeGen tanh GELU, ``0.5*x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x**3)))``.
 
-    x float32, any shape; ``out`` may be ``x`` itself (in place); ``bias`` [x.shape[-1]]:
-    gelu_new(x + bias) in the same pass."""
+    x float32, any shape; ``out`` may be ``x`` itself (in place)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if out is None:
         out = np.empty_like(x)
     elif out.shape != x.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError("out must be a C-contiguous float32 array shaped like x")
-    if bias is None:
-        _gelu_new(x.reshape(-1), out.reshape(-1))
-    else:
-        n = x.shape[-1] if x.ndim else 1
-        _bias_gelu_new(x.reshape(-1, n), _prep_vec(bias, n, "bias"), out.reshape(-1, n))
+    _gelu_new(x.reshape(-1), out.reshape(-1))
     return out
 
 

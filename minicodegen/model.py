@@ -310,12 +310,8 @@ def block(
     attn_out = dense(a, weights, p + "attn.out_proj", fast)
 
     # MLP on the same ln_1 output (parallel residual)
-    if fast:  # fc_in without its bias, then bias + gelu in one pass, in place
-        w_in, s_in = weights[p + "mlp.fc_in.weight"], weights.get(p + "mlp.fc_in.weight.scale")
-        hidden = kernels.linear(rows, w_in, None, s_in)
-        hidden = kernels.gelu_new(hidden, out=hidden, bias=weights.get(p + "mlp.fc_in.bias"))
-    else:
-        hidden = ops.gelu_new(dense(rows, weights, p + "mlp.fc_in", fast))
+    hidden = dense(rows, weights, p + "mlp.fc_in", fast)
+    hidden = kernels.gelu_new(hidden, out=hidden) if fast else ops.gelu_new(hidden)
     mlp_out = dense(hidden, weights, p + "mlp.fc_out", fast)
 
     out = x + (attn_out + mlp_out).reshape(B, T, E)

@@ -383,20 +383,6 @@ def test_gelu_new(seed, rows, n, in_place):
 
 
 @SETTINGS
-@given(seeds, st.integers(1, 9), odd_sizes, st.booleans())
-def test_gelu_new_with_bias(seed, rows, n, in_place):
-    """gelu_new(x, bias=b) is gelu_new(x + b) (the float32 sum, then the same formula)."""
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal((rows, n)) * 4).astype(np.float32)
-    b = rng.standard_normal(n).astype(np.float32)
-    expected = K.gelu_new(x + b)
-    y = K.gelu_new(x, out=x, bias=b) if in_place else K.gelu_new(readonly(x), bias=readonly(b))
-    assert np.array_equal(y, expected)
-    with pytest.raises(ValueError, match="bias"):
-        K.gelu_new(x, bias=np.zeros(n + 1, np.float32))
-
-
-@SETTINGS
 @given(seeds, st.integers(1, 3), st.integers(1, 9), st.integers(1, 5), st.sampled_from([2, 8, 17, 64, 80]), st.data())
 def test_apply_rotary(seed, B, T, H, D, data):
     rd = data.draw(st.sampled_from([r for r in (0, 2, 4, 8, 16, 32, 64) if r <= D]))
