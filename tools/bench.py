@@ -746,7 +746,7 @@ def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch) 
           f"read the `.npz` into memory (`mapped=False`: huge pages, faster decode), the mapped rows memory-map it "
           f"(`mapped=True`). Peak RSS: `VmHWM` of a process that loads the weights and decodes (each configuration "
           f"in its own process); mapped weights count as file-backed RSS.")
-    print(f"\nBandwidth bound: a decode step reads every weight once: "
+    print("\nBandwidth bound: a decode step reads every weight once: "
           + ", ".join(f"{SHORT[dt]} {res[dt]['read_per_token'] / 1e6:,.0f} MB" for dt in DTYPES)
           + f" per token (in memory or mapped); the measured memory-read rate is {mr['gbps']:.1f} GB/s (best of the rounds' "
           f"{', '.join(f'{g:.1f}' for g in mr['all'])}; Numba parallel row sums over "
