@@ -594,8 +594,9 @@ def _tile_buffer(n: int) -> np.ndarray:
 
 
 def release_scratch() -> None:
-    """Free this thread's tile buffer (model.forward calls it after a prompt, so that the
-    buffer does not stay in memory while decoding)."""
+    """Free this thread's scratch buffer (weight tiles of _tiled_blas, attention scores of a
+    prompt); model.forward calls it after a prompt, so that it does not stay in memory while
+    decoding."""
     _tiles.buf = None
 
 
@@ -851,7 +852,8 @@ def attend_cached(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, S: in
         for c0 in range(0, T, _ATTEND_CHUNK):
             c1 = min(T, c0 + _ATTEND_CHUNK)
             L = S - T + c1  # keys visible to the chunk's last query
-            scores = np.matmul(q[b, :, c0:c1], k_cache[b, :, :L].transpose(0, 2, 1))  # [H, c, L]
+            scores = _tile_buffer(H * (c1 - c0) * L).reshape(H, c1 - c0, L)  # reused: no fresh pages
+            np.matmul(q[b, :, c0:c1], k_cache[b, :, :L].transpose(0, 2, 1), out=scores)  # [H, c, L]
             _masked_softmax_rows(scores, S - T + c0, allowed[b], None if bias is None else bias[b], D)
             np.matmul(scores, v_cache[b, :, :L], out=out[b, :, c0:c1])
     return out
