@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import io
 import json
 import math
@@ -377,11 +378,11 @@ def read_npz(path: str | os.PathLike, verify: bool = False, mapped: bool = True)
     infos = _open_zip(path, ".npz")
     mm = _map(path)
     arrays = {}
-    with open(path, "rb") as fh:
+    with contextlib.nullcontext() if mapped else open(path, "rb") as fh:
         for info in infos:
             if not info.filename.endswith(".npy"):
                 raise ValueError(f"{path}: member {info.filename!r} is not a .npy array")
-            arrays[info.filename[: -len(".npy")]] = _npy_member(mm, info, path, verify, None if mapped else fh)
+            arrays[info.filename[: -len(".npy")]] = _npy_member(mm, info, path, verify, fh)
     if "__config__" not in arrays:
         raise ValueError(f"{path}: not a minicodegen .npz (no __config__ member); make one with `minicodegen convert`")
     meta = _json_member(arrays.pop("__meta__", np.frombuffer(b"{}", np.uint8)), path, "__meta__")

@@ -1155,7 +1155,9 @@ def _decode_block(x, ln_g, ln_b, eps, W_qkv, s_qkv, W_out, s_out, W_in, s_in, b_
     _gemv_sum_into(x, a, W_out, s_out, hidden, W_fo, s_fo, b_fo, pf)
 
 
-_PREFETCH = {np.dtype(np.float32): "PREFETCH_F32", np.dtype(np.uint16): "PREFETCH_BF16", np.dtype(np.int8): "PREFETCH_INT8"}
+def _prefetch_elements(dt: np.dtype) -> int:
+    """The prefetch distance for weights of dtype dt (float32, uint16 = bf16, int8), in elements."""
+    return {4: PREFETCH_F32, 2: PREFETCH_BF16, 1: PREFETCH_INT8}[dt.itemsize] // dt.itemsize
 
 
 def decode_block(x: np.ndarray, layer: dict[str, np.ndarray], eps: float, sincos: np.ndarray, rotary_dim: int,
@@ -1171,26 +1173,44 @@ def decode_block(x: np.ndarray, layer: dict[str, np.ndarray], eps: float, sincos
     slot S - 1; allowed [B, >= S] bool (False: padding).  Equals
     ``model.block`` (its NumPy path is the definition) for T = 1.
     """
-    W_qkv = layer["attn.qkv_proj.weight"]
-    dt = W_qkv.dtype
-    names = ("attn.qkv_proj", "attn.out_proj", "mlp.fc_in", "mlp.fc_out")
-    Ws = [_check_w(layer[n + ".weight"], dt.type, n + ".weight") for n in names]
-    sc = [_ro(layer.get(n + ".weight.scale")) for n in names]
-    if (dt == np.int8) != all(s is not None for s in sc):
-        raise ValueError("int8 weights need a .weight.scale for every matrix, other dtypes none")
-    if dt not in _PREFETCH:
-        raise TypeError(f"decode_block takes float32, uint16 (bf16) or int8 weights, got {dt}")
-    B, E = x.shape
-    if x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.writeable:
+    # The kernels do not check bounds: every shape is checked here.
+    if x.ndim != 2 or x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.writeable:
         raise ValueError("x must be a writeable C-contiguous float32 [B, E] array")
-    if k_cache.shape != v_cache.shape or k_cache.shape[:2] != (B, n_head) or not 1 <= S <= k_cache.shape[2]:
-        raise ValueError(f"cache {k_cache.shape} does not fit B={B}, H={n_head}, S={S}")
-    _decode_block(x, _ro(layer["ln_1.weight"]), _ro(layer["ln_1.bias"]), float(eps),
-                  Ws[0], sc[0], Ws[1], sc[1], Ws[2], sc[2], _ro(layer.get("mlp.fc_in.bias")),
-                  Ws[3], sc[3], _ro(layer.get("mlp.fc_out.bias")),
-                  _ro(np.ascontiguousarray(sincos, dtype=np.float32)), int(rotary_dim), int(n_head), int(mp_num),
-                  k_cache, v_cache, int(S), _ro(np.ascontiguousarray(allowed[:, :S], dtype=np.bool_)),
-                  globals()[_PREFETCH[dt]] // dt.itemsize)
+    B, E = x.shape
+    dt = layer["attn.qkv_proj.weight"].dtype
+    if dt not in (np.float32, np.uint16, np.int8):
+        raise TypeError(f"decode_block takes float32, uint16 (bf16) or int8 weights, got {dt}")
+    n_inner = layer["mlp.fc_in.weight"].shape[0]
+    shapes = {"attn.qkv_proj": (3 * E, E), "attn.out_proj": (E, E), "mlp.fc_in": (n_inner, E), "mlp.fc_out": (E, n_inner)}
+    Ws, sc = [], []
+    for name, shape in shapes.items():
+        W = _check_w(layer[name + ".weight"], dt.type, name + ".weight")
+        if W.shape != shape:
+            raise ValueError(f"{name}.weight has shape {W.shape}, expected {shape} for E={E}")
+        s = layer.get(name + ".weight.scale")
+        if (dt == np.int8) != (s is not None):
+            raise ValueError(f"{name}: int8 weights need a .weight.scale, other dtypes none")
+        Ws.append(W)
+        sc.append(_prep_vec(s, shape[0], name + ".weight.scale"))
+    D = E // n_head if n_head > 0 else 0
+    if D * n_head != E or n_head % mp_num or rotary_dim % 2 or not 0 <= rotary_dim <= D:
+        raise ValueError(f"E={E}, n_head={n_head}, mp_num={mp_num}, rotary_dim={rotary_dim} do not fit together")
+    if (k_cache.shape != v_cache.shape or k_cache.shape[:2] != (B, n_head) or k_cache.shape[3] != D
+            or not 1 <= S <= k_cache.shape[2]):
+        raise ValueError(f"cache {k_cache.shape} does not fit B={B}, H={n_head}, D={D}, S={S}")
+    for c in (k_cache, v_cache):
+        if c.dtype != np.float32 or not c.flags.c_contiguous or not c.flags.writeable:
+            raise ValueError("k_cache and v_cache must be writeable C-contiguous float32 arrays")
+    sincos = np.ascontiguousarray(sincos, dtype=np.float32)
+    allowed = np.ascontiguousarray(allowed[:, :S], dtype=np.bool_)
+    if sincos.shape != (B, rotary_dim) or allowed.shape != (B, S):
+        raise ValueError(f"sincos {sincos.shape} / allowed {allowed.shape} must be [B={B}, {rotary_dim}] / [B, >= S={S}]")
+    _decode_block(x, _prep_vec(layer["ln_1.weight"], E, "ln_1.weight"), _prep_vec(layer["ln_1.bias"], E, "ln_1.bias"),
+                  float(eps), Ws[0], sc[0], Ws[1], sc[1], Ws[2], sc[2],
+                  _prep_vec(layer.get("mlp.fc_in.bias"), n_inner, "mlp.fc_in.bias"),
+                  Ws[3], sc[3], _prep_vec(layer.get("mlp.fc_out.bias"), E, "mlp.fc_out.bias"),
+                  _ro(sincos), int(rotary_dim), int(n_head), int(mp_num), k_cache, v_cache, int(S), _ro(allowed),
+                  _prefetch_elements(dt))
     return x
 
 

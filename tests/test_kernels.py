@@ -508,3 +508,12 @@ def test_decode_block_argument_checks():
         K.decode_block(np.zeros((1, 16), np.float32), layer, 1e-5, sc, 2, 4, k, k.copy(), 5, allowed)
     with pytest.raises(ValueError, match="float32"):
         K.decode_block(np.zeros((1, 16), np.float64), layer, 1e-5, sc, 2, 4, k, k.copy(), 2, allowed)
+    with pytest.raises(ValueError, match="fc_out.weight has shape"):  # the kernels do not check bounds
+        K.decode_block(np.zeros((1, 16), np.float32), layer | {"mlp.fc_out.weight": np.zeros((16, 31), np.float32)},
+                       1e-5, sc, 2, 4, k, k.copy(), 2, allowed)
+    with pytest.raises(ValueError, match="ln_1.bias"):
+        K.decode_block(np.zeros((1, 16), np.float32), layer | {"ln_1.bias": np.zeros(15, np.float32)},
+                       1e-5, sc, 2, 4, k, k.copy(), 2, allowed)
+    with pytest.raises(ValueError, match="sincos"):
+        K.decode_block(np.zeros((1, 16), np.float32), layer, 1e-5, np.zeros((1, 4), np.float32), 2, 4, k, k.copy(), 2,
+                       allowed)
