@@ -807,7 +807,7 @@ def load_model(path_or_id: str | os.PathLike, fast: bool = True, mapped: bool = 
     int8 stays int8; 1-D ones (norms, biases) are float32.
 
     ``mapped=False`` reads a ``.npz`` into memory instead: loading takes longer (350M shape
-    here: 0.5 s int8, 2 s float32), decoding is then faster (+8% int8, +6% bf16, +17% float32
+    here: 0.2-0.5 s int8, 2-3 s float32), decoding is then faster (+8% int8, +6% bf16, +17% float32
     here: NumPy asks for huge pages for large arrays, and streaming the weights then misses the
     TLB far less than through the 4 KiB pages of a mapped file).
     """
