@@ -188,9 +188,9 @@ def sweep(rng: np.random.Generator) -> None:
         xr = K._ro(x)
         y = np.empty((T, n_out), np.float32)
         fns = {
-            "f32s": lambda: [K._gemv(xr, K._ro(M), None, None, y, K.PREFETCH_F32 // 4) for M in Wc],
+            "f32s": lambda: [K._gemv(xr, K._ro(M), None, None, y, K.PREFETCH_F32) for M in Wc],
             "f32b": lambda: [x @ M.T for M in Wc],
-            "bfs": lambda: K._gemv(xr, K._ro(Wb), None, None, y, K.PREFETCH_BF16 // 2),
+            "bfs": lambda: K._gemv(xr, K._ro(Wb), None, None, y, K.PREFETCH_BF16),
             "bft": lambda: K._tiled_blas(x, K._ro(Wb), K._widen_bf16_rows, None, None),
             "i8s": lambda: K._gemv(xr, K._ro(Wq), K._ro(sc), None, y, K.PREFETCH_INT8),
             "i8t": lambda: K._tiled_blas(x, K._ro(Wq), K._widen_int8_rows, None, sc),
