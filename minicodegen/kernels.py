@@ -20,7 +20,7 @@ Why kernels at all?
 * Reading a prompt (prefill, T = hundreds of tokens) is a matrix-*matrix*
   product: compute-bound, and BLAS sgemm is hard to beat.  For bf16 / int8 /
   float16 weights we widen a block of rows into a float32 tile and hand the
-  tile to BLAS (about 5% slower than float32 weights).  Attention over a prompt
+  tile to BLAS (5-14% slower than float32 weights in the runs of tools/bench.py).  Attention over a prompt
   is two BLAS products per head around a Numba masked softmax.
 * Element-wise ops (layer norm, gelu, rotary) are one pass over memory here
   instead of NumPy's chain of temporaries.
