@@ -210,6 +210,28 @@ def test_linear_memmap_and_layouts(tmp_path):
         K.linear_f32(x[..., :-1], W)
 
 
+@pytest.mark.parametrize("n", [1, 15, 16, 64, 100, 1024])
+def test_dot_of_two_rows_equals_two_dots(n):
+    """_dot(x, (w_a, w_b)) (the matrix-vector kernels read two rows per step) adds in the same
+    order as _dot(x, w_a) and _dot(x, w_b): equal bit for bit, for each weight format."""
+    from numba import njit
+
+    @njit
+    def both(x, wa, wb):
+        u, v = K._dot(x, (wa, wb), 4096)
+        return u, v, K._dot(x, wa, 0), K._dot(x, wb, 4096)
+
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n).astype(np.float32)
+    W = rng.standard_normal((2, n)).astype(np.float32)
+    for w, w0 in ((W, W[0]), (to_bf16(W), widen(to_bf16(W[0]))), (rng.integers(-127, 128, (2, n)).astype(np.int8), None)):
+        xd = K._bf16_pair_order(x[None])[0] if w.dtype == np.uint16 else x  # (bf16 rows take x in pair order)
+        u, v, a, b = both(xd, w[0], w[1])
+        assert (u, v) == (a, b)
+        w0 = w[0].astype(np.float64) if w0 is None else w0.astype(np.float64)
+        assert abs(a - x.astype(np.float64) @ w0) <= gamma(n + 2) * (np.abs(x) @ np.abs(w0)) + 1e-30
+
+
 def test_results_do_not_depend_on_thread_count():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 257)).astype(np.float32)
