@@ -85,6 +85,7 @@ __all__ = [
     "gelu_new",
     "apply_rotary",
     "decode_block",
+    "decode_weights",
     "set_threads",
     "get_threads",
     "warmup",
@@ -1217,23 +1218,14 @@ def _prefetch_bytes(dt: np.dtype) -> int:
     return {4: PREFETCH_F32, 2: PREFETCH_BF16, 1: PREFETCH_INT8}[dt.itemsize]
 
 
-def decode_block(x: np.ndarray, layer: dict[str, np.ndarray], eps: float, sincos: np.ndarray, rotary_dim: int,
-                 n_head: int, k_cache: np.ndarray, v_cache: np.ndarray, S: int, allowed: np.ndarray,
-                 mp_num: int = 4) -> np.ndarray:
-    """One CodeGen block for one new token per row, fused into three parallel loops.
+def decode_weights(layer: dict[str, np.ndarray], E: int) -> tuple:
+    """The weights of one block, checked and in the order ``_decode_block`` takes them.
 
-    x [B, E] float32 residual stream (updated in place and returned); ``layer``
-    maps the block's weight names without the ``transformer.h.{i}.`` prefix
-    (``ln_1.weight``, ``attn.qkv_proj.weight``, ... and ``*.weight.scale`` for
-    int8) to arrays; sincos [B, rotary_dim] the table rows of the tokens'
-    positions; k_cache, v_cache [B, H, S_cap, D] float32, the token goes to
-    slot S - 1; allowed [B, >= S] bool (False: padding).  Equals
-    ``model.block`` (its NumPy path is the definition) for T = 1.
+    ``layer`` maps the block's weight names without the ``transformer.h.{i}.`` prefix
+    (``ln_1.weight``, ``attn.qkv_proj.weight``, ... and ``*.weight.scale`` for int8) to
+    arrays.  The kernels do not check bounds, so every shape is checked here; model.forward
+    does this once per model and passes the result to decode_block at every step.
     """
-    # The kernels do not check bounds: every shape is checked here.
-    if x.ndim != 2 or x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.writeable:
-        raise ValueError("x must be a writeable C-contiguous float32 [B, E] array")
-    B, E = x.shape
     dt = layer["attn.qkv_proj.weight"].dtype
     if dt not in (np.float32, np.uint16, np.int8):
         raise TypeError(f"decode_block takes float32, uint16 (bf16) or int8 weights, got {dt}")
@@ -1249,6 +1241,28 @@ def decode_block(x: np.ndarray, layer: dict[str, np.ndarray], eps: float, sincos
             raise ValueError(f"{name}: int8 weights need a .weight.scale, other dtypes none")
         Ws.append(W)
         sc.append(_prep_vec(s, shape[0], name + ".weight.scale"))
+    return (_prep_vec(layer["ln_1.weight"], E, "ln_1.weight"), _prep_vec(layer["ln_1.bias"], E, "ln_1.bias"),
+            Ws[0], sc[0], Ws[1], sc[1], Ws[2], sc[2], _prep_vec(layer.get("mlp.fc_in.bias"), n_inner, "mlp.fc_in.bias"),
+            Ws[3], sc[3], _prep_vec(layer.get("mlp.fc_out.bias"), E, "mlp.fc_out.bias"), _prefetch_bytes(dt))
+
+
+def decode_block(x: np.ndarray, layer: dict[str, np.ndarray] | tuple, eps: float, sincos: np.ndarray,
+                 rotary_dim: int, n_head: int, k_cache: np.ndarray, v_cache: np.ndarray, S: int,
+                 allowed: np.ndarray, mp_num: int = 4) -> np.ndarray:
+    """One CodeGen block for one new token per row, fused into three parallel loops.
+
+    x [B, E] float32 residual stream (updated in place and returned); ``layer``: the block's
+    weights as a dict (see decode_weights) or as decode_weights' result; sincos [B, rotary_dim]
+    the table rows of the tokens' positions; k_cache, v_cache [B, H, S_cap, D] float32, the
+    token goes to slot S - 1; allowed [B, >= S] bool (False: padding).  Equals ``model.block``
+    (its NumPy path is the definition) for T = 1.
+    """
+    if x.ndim != 2 or x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.writeable:
+        raise ValueError("x must be a writeable C-contiguous float32 [B, E] array")
+    B, E = x.shape
+    w = decode_weights(layer, E) if isinstance(layer, dict) else layer
+    if w[0].shape != (E,):
+        raise ValueError(f"the layer's weights are for E={w[0].shape[0]}, x has E={E}")
     D = E // n_head if n_head > 0 else 0
     if D * n_head != E or n_head % mp_num or rotary_dim % 2 or not 0 <= rotary_dim <= D:
         raise ValueError(f"E={E}, n_head={n_head}, mp_num={mp_num}, rotary_dim={rotary_dim} do not fit together")
@@ -1262,12 +1276,8 @@ def decode_block(x: np.ndarray, layer: dict[str, np.ndarray], eps: float, sincos
     allowed = np.ascontiguousarray(allowed[:, :S], dtype=np.bool_)
     if sincos.shape != (B, rotary_dim) or allowed.shape != (B, S):
         raise ValueError(f"sincos {sincos.shape} / allowed {allowed.shape} must be [B={B}, {rotary_dim}] / [B, >= S={S}]")
-    _decode_block(x, _prep_vec(layer["ln_1.weight"], E, "ln_1.weight"), _prep_vec(layer["ln_1.bias"], E, "ln_1.bias"),
-                  float(eps), Ws[0], sc[0], Ws[1], sc[1], Ws[2], sc[2],
-                  _prep_vec(layer.get("mlp.fc_in.bias"), n_inner, "mlp.fc_in.bias"),
-                  Ws[3], sc[3], _prep_vec(layer.get("mlp.fc_out.bias"), E, "mlp.fc_out.bias"),
-                  _ro(sincos), int(rotary_dim), int(n_head), int(mp_num), k_cache, v_cache, int(S), _ro(allowed),
-                  _prefetch_bytes(dt))
+    _decode_block(x, w[0], w[1], float(eps), *w[2:12], _ro(sincos), int(rotary_dim), int(n_head), int(mp_num),
+                  k_cache, v_cache, int(S), _ro(allowed), w[12])
     return x
 
 

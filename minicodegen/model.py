@@ -359,8 +359,16 @@ def forward(
     sincos = model.sincos[pos]  # [B, T, rotary_dim]
     if trace is not None:
         trace |= {"input_ids": ids, "position_ids": pos, "wte": x}
-    for i in range(cfg.n_layer):
-        x = block(x, weights, i, cfg, sincos, cache, model.fast, trace)
+    if model.fast and T == 1 and trace is None:  # decoding: one fused kernel call per block
+        x = x.reshape(B, cfg.n_embd).copy()
+        allowed = cache.mask[:, : past + 1] != 0
+        for i, layer in enumerate(decode_plan(model)):
+            kernels.decode_block(x, layer, cfg.layer_norm_epsilon, sincos[:, 0], cfg.rotary_dim, cfg.n_head,
+                                 cache.k[i], cache.v[i], past + 1, allowed)
+        x = x.reshape(B, 1, cfg.n_embd)
+    else:
+        for i in range(cfg.n_layer):
+            x = block(x, weights, i, cfg, sincos, cache, model.fast, trace)
     cache.length = past + T
 
     if last_only:
@@ -376,6 +384,22 @@ def forward(
     return logits.astype(np.float32, copy=False)
 
 
+def decode_plan(model: "Model") -> list[tuple]:
+    """Each block's weights as kernels.decode_weights checks and orders them, made once per model
+    (checking them at every step cost about 25 µs a block) and made again if a weight array in
+    ``model.weights`` has been replaced."""
+    w = model.weights
+    names = [[f"transformer.h.{i}.{n}" for n in _BLOCK_WEIGHTS if f"transformer.h.{i}.{n}" in w]
+             for i in range(model.config.n_layer)]
+    sources = [w[n] for layer in names for n in layer]
+    cached = model._decode_plan
+    if cached is None or len(cached[0]) != len(sources) or any(a is not b for a, b in zip(cached[0], sources)):
+        plan = [kernels.decode_weights({n.split(".", 3)[3]: w[n] for n in layer}, model.config.n_embd)
+                for layer in names]
+        model._decode_plan = cached = (sources, plan)
+    return cached[1]
+
+
 # ----------------------------------------------------------------------------- the model
 
 
@@ -389,6 +413,7 @@ class Model:
     fast: bool = True  # Numba kernels for decode; False = the NumPy definition only
     source: str = ""
     sincos: np.ndarray = field(init=False, repr=False)  # [n_positions, rotary_dim]
+    _decode_plan: Any = field(init=False, default=None, repr=False, compare=False)  # see decode_plan
 
     def __post_init__(self) -> None:
         self.weights = check_weights(self.config, self.weights, self.source or "weights")

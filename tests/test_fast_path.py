@@ -58,3 +58,24 @@ def test_kernels_equal_numpy_definition(base, dtype):
         b = M.forward(fast, ids[:, t : t + 1], cache=caches[1])
         assert np.abs(a - b).max() <= 1e-4
     assert minicodegen.generate(fast, [1, 2, 3], 16) == minicodegen.generate(slow, [1, 2, 3], 16)
+
+
+def test_decode_sees_a_replaced_weight(base):
+    """The fused decode path checks each block's weights once and keeps them (model.decode_plan);
+    replacing a weight array in model.weights must still change what it computes."""
+    fast = M.Model(base.config, dict(base.weights), fast=True)
+    slow = M.Model(base.config, dict(base.weights), fast=False)
+    ids = np.array([[5, 6, 7, 8]])
+
+    def step(m):
+        c = M.new_cache(base.config, 1, 8)
+        M.forward(m, ids[:, :3], cache=c)
+        return M.forward(m, ids[:, 3:], cache=c)  # T = 1: the fused decode path
+
+    first = step(fast)
+    name = "transformer.h.0.mlp.fc_in.weight"
+    for m in (fast, slow):
+        m.weights[name] = (m.weights[name] * 3).astype(np.float32)
+    again = step(fast)
+    assert np.abs(again - first).max() > 1e-3
+    assert np.abs(again - step(slow)).max() <= 1e-4
