@@ -104,10 +104,12 @@ STREAM_MAX_T = 8
 # in work (0 disables), by weight type: _dot asks for the cache line that far
 # ahead at every step of its main loop.  Measured on this machine, decode of the
 # 350M shape (weights in memory), tok/s without / with: int8 45.7 / 64.2 (4 KiB;
-# 2 and 8 KiB the same), bf16 33.2 / 40.9 (4 KiB; 2 KiB 39.9), float32 21.7 /
-# 23.1 (2 KiB).  One burst of prefetches per row, as before, gave int8 56.
+# 2 and 8 KiB the same), bf16 33.2 / 40.9, float32 21.7 / 23.1 (2 KiB).  One
+# burst of prefetches per row, as before, gave int8 56.  Re-measured with two
+# rows per step (/tmp sweep, 4 runs each): int8 1/2/4/6 KiB 72.1/74.7/73.7/74.7,
+# bf16 1/2/4/8 KiB 43.3/44.2/43.4/42.9, float32 1/2/4 KiB 24.4/24.7/24.2 tok/s.
 PREFETCH_F32 = 2048
-PREFETCH_BF16 = 4096
+PREFETCH_BF16 = 2048
 PREFETCH_INT8 = 4096
 
 # A float additive attention mask marks a key as masked when its value is at or
