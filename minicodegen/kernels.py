@@ -106,7 +106,7 @@ STREAM_MAX_T = 8
 # 350M shape (weights in memory), tok/s without / with: int8 45.7 / 64.2 (4 KiB;
 # 2 and 8 KiB the same), bf16 33.2 / 40.9, float32 21.7 / 23.1 (2 KiB).  One
 # burst of prefetches per row, as before, gave int8 56.  Re-measured with two
-# rows per step (/tmp sweep, 4 runs each): int8 1/2/4/6 KiB 72.1/74.7/73.7/74.7,
+# rows per step (median of 4 runs each): int8 1/2/4/6 KiB 72.1/74.7/73.7/74.7,
 # bf16 1/2/4/8 KiB 43.3/44.2/43.4/42.9, float32 1/2/4 KiB 24.4/24.7/24.2 tok/s.
 PREFETCH_F32 = 2048
 PREFETCH_BF16 = 2048
