@@ -274,12 +274,12 @@ def attend_reference(q, k, v, S, allowed, bias):
 @st.composite
 def attention_case(draw):
     B, H = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    D = draw(st.sampled_from([1, 3, 8, 17, 64]))
+    D = draw(st.sampled_from([1, 3, 8, 17, 64, 80]))  # _attend_prompt: D % 64, D % 16 tails
     S = draw(st.integers(1, 40))
     T = draw(st.integers(1, min(S, 6)))
-    if draw(st.booleans()):  # a prompt: the BLAS path (T >= ATTEND_BLAS_MIN_T), over several query chunks
-        S = draw(st.integers(K.ATTEND_BLAS_MIN_T, 150))
-        T = draw(st.integers(K.ATTEND_BLAS_MIN_T, S))
+    if draw(st.booleans()):  # a prompt: _attend_prompt (T >= ATTEND_BLOCK_MIN_T), partial query blocks, S % 32
+        S = draw(st.integers(K.ATTEND_BLOCK_MIN_T, 150))
+        T = draw(st.integers(K.ATTEND_BLOCK_MIN_T, S))
     cap = S + draw(st.integers(0, 5))
     seed = draw(seeds)
     kind = draw(st.sampled_from(["none", "bool", "int", "additive"]))
@@ -335,7 +335,7 @@ def test_attend_cached_matches_ops_attention():
     rng = np.random.default_rng(11)
     B, H, D, S, T = 3, 4, 64, 29, 5
     _attend_matches_ops(rng, B, H, D, S, T)
-    _attend_matches_ops(rng, B, H, D, 150, 140)  # a prompt: the BLAS path
+    _attend_matches_ops(rng, B, H, D, 150, 140)  # a prompt: _attend_prompt
 
 
 def _attend_matches_ops(rng, B, H, D, S, T):
