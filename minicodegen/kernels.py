@@ -85,6 +85,7 @@ __all__ = [
     "gelu_new",
     "apply_rotary",
     "decode_block",
+    "decode_layers",
     "decode_weights",
     "set_threads",
     "get_threads",
@@ -1142,22 +1143,26 @@ def _attend_prompt(q, k, v, S, allowed, bias, out, kts, vps):  # pragma: no cove
 @njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
 def _layer_norm(x, g, b, eps, y):  # pragma: no cover - compiled
     """Row-wise (x - mean) / sqrt(var + eps) * g + b; x, y [N, E]; stats in float64."""
-    N, E = x.shape
-    for r in prange(N):
-        xr = x[r]
-        mean = 0.0
-        for i in range(E):
-            mean += xr[i]
-        mean /= E
-        var = 0.0
-        for i in range(E):
-            d = xr[i] - mean
-            var += d * d
-        var /= E
-        rstd = 1.0 / math.sqrt(var + eps)
-        yr = y[r]
-        for i in range(E):
-            yr[i] = np.float32((xr[i] - mean) * rstd) * g[i] + b[i]
+    for r in prange(x.shape[0]):
+        _layer_norm_row(x[r], g, b, eps, y[r])
+
+
+@njit(inline="always", fastmath=_FM, error_model="numpy")
+def _layer_norm_row(xr, g, b, eps, yr):  # pragma: no cover - compiled
+    """One row of _layer_norm: xr, yr [E]."""
+    E = xr.shape[0]
+    mean = 0.0
+    for i in range(E):
+        mean += xr[i]
+    mean /= E
+    var = 0.0
+    for i in range(E):
+        d = xr[i] - mean
+        var += d * d
+    var /= E
+    rstd = 1.0 / math.sqrt(var + eps)
+    for i in range(E):
+        yr[i] = np.float32((xr[i] - mean) * rstd) * g[i] + b[i]
 
 
 def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
@@ -1377,7 +1382,8 @@ def _decode_block(x, ln_g, ln_b, eps, W_qkv, s_qkv, W_out, s_out, W_in, s_in, b_
     """The fused block (see the section comment); x [B, E] is updated in place."""
     B, E = x.shape
     h = np.empty_like(x)
-    _layer_norm(x, ln_g, ln_b, eps, h)
+    for t in range(B):  # (a few rows: a parallel loop would cost more than it saves)
+        _layer_norm_row(x[t], ln_g, ln_b, eps, h[t])
     qkv = np.empty((B, W_qkv.shape[0]), np.float32)
     hidden = np.empty((B, W_in.shape[0]), np.float32)
     _gemv_pair(h, W_qkv, s_qkv, qkv, W_in, s_in, b_in, hidden, pf)
@@ -1419,39 +1425,53 @@ def decode_weights(layer: dict[str, np.ndarray], E: int) -> tuple:
             Ws[3], sc[3], _prep_vec(layer.get("mlp.fc_out.bias"), E, "mlp.fc_out.bias"), _prefetch_bytes(dt))
 
 
-def decode_block(x: np.ndarray, layer: dict[str, np.ndarray] | tuple, eps: float, sincos: np.ndarray,
-                 rotary_dim: int, n_head: int, k_cache: np.ndarray, v_cache: np.ndarray, S: int,
-                 allowed: np.ndarray, mp_num: int = 4) -> np.ndarray:
-    """One CodeGen block for one new token per row, fused into three parallel loops.
+def decode_layers(x: np.ndarray, layers: list[dict[str, np.ndarray] | tuple], eps: float, sincos: np.ndarray,
+                  rotary_dim: int, n_head: int, k_caches: list[np.ndarray], v_caches: list[np.ndarray], S: int,
+                  allowed: np.ndarray, mp_num: int = 4) -> np.ndarray:
+    """CodeGen blocks one after the other for one new token per row, each fused into three
+    parallel loops.
 
-    x [B, E] float32 residual stream (updated in place and returned); ``layer``: the block's
+    x [B, E] float32 residual stream (updated in place and returned); ``layers``: each block's
     weights as a dict (see decode_weights) or as decode_weights' result; sincos [B, rotary_dim]
-    the table rows of the tokens' positions; k_cache, v_cache [B, H, S_cap, D] float32, the
-    token goes to slot S - 1; allowed [B, >= S] bool (False: padding).  Equals ``model.block``
-    (its NumPy path is the definition) for T = 1.
+    the table rows of the tokens' positions; k_caches[i], v_caches[i] [B, H, S_cap, D] float32,
+    block i's cache, the token goes to slot S - 1; allowed [B, >= S] bool (False: padding).
+    Equals ``model.block`` (its NumPy path is the definition) for T = 1, block after block.
+    The arguments are checked once for all blocks.
     """
     if x.ndim != 2 or x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.writeable:
         raise ValueError("x must be a writeable C-contiguous float32 [B, E] array")
     B, E = x.shape
-    w = decode_weights(layer, E) if isinstance(layer, dict) else layer
-    if w[0].shape != (E,):
-        raise ValueError(f"the layer's weights are for E={w[0].shape[0]}, x has E={E}")
     D = E // n_head if n_head > 0 else 0
     if D * n_head != E or n_head % mp_num or rotary_dim % 2 or not 0 <= rotary_dim <= D:
         raise ValueError(f"E={E}, n_head={n_head}, mp_num={mp_num}, rotary_dim={rotary_dim} do not fit together")
-    if (k_cache.shape != v_cache.shape or k_cache.shape[:2] != (B, n_head) or k_cache.shape[3] != D
-            or not 1 <= S <= k_cache.shape[2]):
-        raise ValueError(f"cache {k_cache.shape} does not fit B={B}, H={n_head}, D={D}, S={S}")
-    for c in (k_cache, v_cache):
-        if c.dtype != np.float32 or not c.flags.c_contiguous or not c.flags.writeable:
-            raise ValueError("k_cache and v_cache must be writeable C-contiguous float32 arrays")
-    sincos = np.ascontiguousarray(sincos, dtype=np.float32)
-    allowed = np.ascontiguousarray(allowed[:, :S], dtype=np.bool_)
+    if not len(layers) == len(k_caches) == len(v_caches):
+        raise ValueError(f"{len(layers)} layers, {len(k_caches)} key caches and {len(v_caches)} value caches")
+    for k_cache, v_cache in zip(k_caches, v_caches):
+        if (k_cache.shape != v_cache.shape or k_cache.shape[:2] != (B, n_head) or k_cache.shape[3] != D
+                or not 1 <= S <= k_cache.shape[2]):
+            raise ValueError(f"cache {k_cache.shape} does not fit B={B}, H={n_head}, D={D}, S={S}")
+        for c in (k_cache, v_cache):
+            if c.dtype != np.float32 or not c.flags.c_contiguous or not c.flags.writeable:
+                raise ValueError("k_cache and v_cache must be writeable C-contiguous float32 arrays")
+    sincos = _ro(np.ascontiguousarray(sincos, dtype=np.float32))
+    allowed = _ro(np.ascontiguousarray(allowed[:, :S], dtype=np.bool_))
     if sincos.shape != (B, rotary_dim) or allowed.shape != (B, S):
         raise ValueError(f"sincos {sincos.shape} / allowed {allowed.shape} must be [B={B}, {rotary_dim}] / [B, >= S={S}]")
-    _decode_block(x, w[0], w[1], float(eps), *w[2:12], _ro(sincos), int(rotary_dim), int(n_head), int(mp_num),
-                  k_cache, v_cache, int(S), _ro(allowed), w[12])
+    plan = [decode_weights(layer, E) if isinstance(layer, dict) else layer for layer in layers]
+    for w in plan:
+        if w[0].shape != (E,):
+            raise ValueError(f"the layer's weights are for E={w[0].shape[0]}, x has E={E}")
+    eps, rotary_dim, n_head, mp_num, S = float(eps), int(rotary_dim), int(n_head), int(mp_num), int(S)
+    for w, k_cache, v_cache in zip(plan, k_caches, v_caches):
+        _decode_block(x, w[0], w[1], eps, *w[2:12], sincos, rotary_dim, n_head, mp_num, k_cache, v_cache, S, allowed, w[12])
     return x
+
+
+def decode_block(x: np.ndarray, layer: dict[str, np.ndarray] | tuple, eps: float, sincos: np.ndarray,
+                 rotary_dim: int, n_head: int, k_cache: np.ndarray, v_cache: np.ndarray, S: int,
+                 allowed: np.ndarray, mp_num: int = 4) -> np.ndarray:
+    """One block of decode_layers (see there): x [B, E] updated in place and returned."""
+    return decode_layers(x, [layer], eps, sincos, rotary_dim, n_head, [k_cache], [v_cache], S, allowed, mp_num)
 
 
 # ---------------------------------------------------------------------------

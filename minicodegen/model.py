@@ -360,12 +360,9 @@ def forward(
     if trace is not None:
         trace |= {"input_ids": ids, "position_ids": pos, "wte": x}
     if model.fast and T == 1 and trace is None:  # decoding: one fused kernel call per block
-        x = x.reshape(B, cfg.n_embd).copy()
-        allowed = cache.mask[:, : past + 1] != 0
-        for i, layer in enumerate(decode_plan(model)):
-            kernels.decode_block(x, layer, cfg.layer_norm_epsilon, sincos[:, 0], cfg.rotary_dim, cfg.n_head,
-                                 cache.k[i], cache.v[i], past + 1, allowed)
-        x = x.reshape(B, 1, cfg.n_embd)
+        x = kernels.decode_layers(x.reshape(B, cfg.n_embd).copy(), decode_plan(model), cfg.layer_norm_epsilon,
+                                  sincos[:, 0], cfg.rotary_dim, cfg.n_head, cache.k, cache.v, past + 1,
+                                  cache.mask[:, : past + 1] != 0).reshape(B, 1, cfg.n_embd)
     else:
         for i in range(cfg.n_layer):
             x = block(x, weights, i, cfg, sincos, cache, model.fast, trace)
