@@ -539,3 +539,8 @@ def test_decode_block_argument_checks():
     with pytest.raises(ValueError, match="sincos"):
         K.decode_block(np.zeros((1, 16), np.float32), layer, 1e-5, np.zeros((1, 4), np.float32), 2, 4, k, k.copy(), 2,
                        allowed)
+    with pytest.raises(ValueError, match="2 layers, 1 key caches"):
+        K.decode_layers(np.zeros((1, 16), np.float32), [layer, layer], 1e-5, sc, 2, 4, [k], [k.copy()], 2, allowed)
+    with pytest.raises(ValueError, match="cache"):  # every block's cache is checked
+        K.decode_layers(np.zeros((1, 16), np.float32), [layer, layer], 1e-5, sc, 2, 4, [k, k[:, :2]],
+                        [k.copy(), k[:, :2].copy()], 2, allowed)
