@@ -383,18 +383,20 @@ def forward(
 
 def decode_plan(model: "Model") -> list[tuple]:
     """Each block's weights as kernels.decode_weights checks and orders them, made once per model
-    (checking them at every step cost about 25 µs a block) and made again if a weight array in
-    ``model.weights`` has been replaced."""
+    (checking them at every step cost about 25 µs a block) and made again if ``model.weights``
+    has gained or lost a name or had an array replaced."""
     w = model.weights
-    names = [[f"transformer.h.{i}.{n}" for n in _BLOCK_WEIGHTS if f"transformer.h.{i}.{n}" in w]
-             for i in range(model.config.n_layer)]
-    sources = [w[n] for layer in names for n in layer]
     cached = model._decode_plan
-    if cached is None or len(cached[0]) != len(sources) or any(a is not b for a, b in zip(cached[0], sources)):
-        plan = [kernels.decode_weights({n.split(".", 3)[3]: w[n] for n in layer}, model.config.n_embd)
-                for layer in names]
-        model._decode_plan = cached = (sources, plan)
-    return cached[1]
+    if cached is not None:
+        names, sources, n_weights, plan = cached
+        if len(w) == n_weights and all(w.get(n) is a for n, a in zip(names, sources)):
+            return plan
+    layers = [[f"transformer.h.{i}.{n}" for n in _BLOCK_WEIGHTS if f"transformer.h.{i}.{n}" in w]
+              for i in range(model.config.n_layer)]
+    plan = [kernels.decode_weights({n.split(".", 3)[3]: w[n] for n in layer}, model.config.n_embd) for layer in layers]
+    names = [n for layer in layers for n in layer]
+    model._decode_plan = (names, [w[n] for n in names], len(w), plan)
+    return plan
 
 
 # ----------------------------------------------------------------------------- the model
