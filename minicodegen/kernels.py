@@ -974,14 +974,12 @@ def _softmax_row(row, n, allowed, bias, scale, acc):  # pragma: no cover - compi
 # For each (row, head), in parallel: copy the keys transposed, kt [Dp, NK]
 # (Dp = D rounded up to 16, its extra rows zero; NK = S rounded up to 32), and
 # the values, vp [NK, Dp]; then for each block of 4 queries t0..t0+3 with n
-# keys visible to the last of them:
+# keys visible to the last of them, two small matrix products (_matmul_rows)
+# around a softmax:
 #
-#     p[u, j] = sum_d q[t0+u, d] * kt[d, j]        _qk_rows: 4 queries x 32 keys
-#                                                  in 8 vectors of 16 lanes, each
-#                                                  lane one FMA chain over d
+#     p[u, j] = sum_d q[t0+u, d] * kt[d, j]        4 queries x 64 keys at a time
 #     p[u] = softmax of p[u] / sqrt(D) (+ mask) over the keys query u sees
-#     o[u, :] = sum_{j < n} p[u, j] * vp[j, :]     _pv_rows: 4 queries x 64 of D
-#                                                  in 16 vectors, FMA over j
+#     o[u, :] = sum_{j < n} p[u, j] * vp[j, :]     4 queries x 64 of D at a time
 #
 # Everything stays in L1/L2; the sums run in a fixed order (over d, then over
 # j), so results do not depend on thread count.  This replaced two BLAS calls
@@ -1023,77 +1021,47 @@ def _i64(v):
 
 
 @intrinsic
-def _qk_rows(typingctx, qb, kt, n, p):
-    """p[u, j] = sum_d qb[u, d] * kt[d, j] for u < 4 and j < n rounded up to 32.
-    qb [4, Dp], kt [Dp, NK], p [4, NK], NK >= n rounded up to 32 (the caller checks)."""
-    if not (_is_f32_matrix(qb) and _is_f32_matrix(kt) and _is_f32_matrix(p) and isinstance(n, types.Integer)):
+def _matmul_rows(typingctx, A, B, n_inner, n_cols, C):
+    """C[u, j] = sum_{i < n_inner} A[u, i] * B[i, j] for u < 4 and j < n_cols (a multiple of 16;
+    the caller checks that every index is in its array).  A [4, >= n_inner], B [>= n_inner,
+    >= n_cols], C [4, >= n_cols], float32, C-contiguous.  Each C[u, j] is one lane of one FMA
+    chain over i = 0, 1, ... (fixed order): 4 rows x 64 columns in 16 vector accumulators, then
+    4 x 16 for the last n_cols % 64 columns."""
+    if not (all(_is_f32_matrix(m) for m in (A, B, C))
+            and isinstance(n_inner, types.Integer) and isinstance(n_cols, types.Integer)):
         return None
 
     def codegen(context, builder, sig, args):
-        qp, Dp = _ir_matrix(context, builder, sig.args[0], args[0])
-        kp, NK = _ir_matrix(context, builder, sig.args[1], args[1])
-        pp, _ = _ir_matrix(context, builder, sig.args[3], args[3])
-        n32 = builder.and_(builder.add(context.cast(builder, args[2], sig.args[2], types.int64), _i64(31)), _i64(-32))
-        zero = ir.Constant(ir.VectorType(_F32, _LANES), [0.0] * _LANES)
-        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(_U)]
-        with cgutils.for_range_slice(builder, _i64(0), n32, _i64(32)) as (j0, _):
-            for row in accs:
-                for acc in row:
-                    builder.store(zero, acc)
-            with cgutils.for_range_slice(builder, _i64(0), Dp, _i64(1)) as (d, _):
-                at = builder.add(builder.mul(d, NK), j0)
-                kv = [_ir_vload(builder, kp, at), _ir_vload(builder, kp, builder.add(at, _i64(_LANES)))]
-                for u in range(_U):
-                    qv = _ir_splat(builder, builder.load(builder.gep(qp, [builder.add(builder.mul(_i64(u), Dp), d)])))
-                    for c in range(2):
-                        builder.store(_ir_fma(builder, qv, kv[c], builder.load(accs[u][c])), accs[u][c])
-            for u in range(_U):
-                at = builder.add(builder.mul(_i64(u), NK), j0)
-                for c in range(2):
-                    _ir_vstore(builder, builder.load(accs[u][c]), pp, builder.add(at, _i64(c * _LANES)))
-        return context.get_dummy_value()
-
-    return types.void(qb, kt, n, p), codegen
-
-
-@intrinsic
-def _pv_rows(typingctx, p, vp, n, ob):
-    """ob[u, :] = sum_{j < n} p[u, j] * vp[j, :] for u < 4, in the order j = 0, 1, ...
-    p [4, >= n], vp [>= n, Dp] with Dp a multiple of 16, ob [4, Dp]."""
-    if not (_is_f32_matrix(p) and _is_f32_matrix(vp) and _is_f32_matrix(ob) and isinstance(n, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        pp, NK = _ir_matrix(context, builder, sig.args[0], args[0])
-        vpp, Dp = _ir_matrix(context, builder, sig.args[1], args[1])
-        op, _ = _ir_matrix(context, builder, sig.args[3], args[3])
-        n_ = context.cast(builder, args[2], sig.args[2], types.int64)
+        ap, lda = _ir_matrix(context, builder, sig.args[0], args[0])
+        bp, ldb = _ir_matrix(context, builder, sig.args[1], args[1])
+        cp, ldc = _ir_matrix(context, builder, sig.args[4], args[4])
+        n_in, n_out = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (2, 3))
         zero = ir.Constant(ir.VectorType(_F32, _LANES), [0.0] * _LANES)
 
-        def columns(start, stop, width):  # d0 = start, start + 16 width, ...: width vectors of D at once
+        def columns(start, stop, width):  # column blocks j0 = start, start + 16 width, ... < stop
             accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(width)] for _ in range(_U)]
-            with cgutils.for_range_slice(builder, start, stop, _i64(_LANES * width)) as (d0, _):
+            with cgutils.for_range_slice(builder, start, stop, _i64(_LANES * width)) as (j0, _):
                 for row in accs:
                     for acc in row:
                         builder.store(zero, acc)
-                with cgutils.for_range_slice(builder, _i64(0), n_, _i64(1)) as (j, _):
-                    at = builder.add(builder.mul(j, Dp), d0)
-                    vv = [_ir_vload(builder, vpp, builder.add(at, _i64(c * _LANES))) for c in range(width)]
+                with cgutils.for_range_slice(builder, _i64(0), n_in, _i64(1)) as (i, _):
+                    at = builder.add(builder.mul(i, ldb), j0)
+                    bv = [_ir_vload(builder, bp, builder.add(at, _i64(c * _LANES))) for c in range(width)]
                     for u in range(_U):
-                        wv = _ir_splat(builder, builder.load(builder.gep(pp, [builder.add(builder.mul(_i64(u), NK), j)])))
+                        av = _ir_splat(builder, builder.load(builder.gep(ap, [builder.add(builder.mul(_i64(u), lda), i)])))
                         for c in range(width):
-                            builder.store(_ir_fma(builder, wv, vv[c], builder.load(accs[u][c])), accs[u][c])
+                            builder.store(_ir_fma(builder, av, bv[c], builder.load(accs[u][c])), accs[u][c])
                 for u in range(_U):
-                    at = builder.add(builder.mul(_i64(u), Dp), d0)
+                    at = builder.add(builder.mul(_i64(u), ldc), j0)
                     for c in range(width):
-                        _ir_vstore(builder, builder.load(accs[u][c]), op, builder.add(at, _i64(c * _LANES)))
+                        _ir_vstore(builder, builder.load(accs[u][c]), cp, builder.add(at, _i64(c * _LANES)))
 
-        d_main = builder.and_(Dp, _i64(-4 * _LANES))
-        columns(_i64(0), d_main, 4)  # 16 accumulators
-        columns(d_main, Dp, 1)  # the last D % 64 columns
+        n_main = builder.and_(n_out, _i64(-4 * _LANES))
+        columns(_i64(0), n_main, 4)
+        columns(n_main, n_out, 1)
         return context.get_dummy_value()
 
-    return types.void(p, vp, n, ob), codegen
+    return types.void(A, B, n_inner, n_cols, C), codegen
 
 
 @njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
@@ -1125,12 +1093,12 @@ def _attend_prompt(q, k, v, S, allowed, bias, out, kts, vps):  # pragma: no cove
             for u in range(nq):
                 qb[u, :D] = q[b, h, t0 + u]
             n = S - T + t0 + nq  # keys up to the position of the block's last query
-            _qk_rows(qb, kt, n, p)
+            _matmul_rows(qb, kt, Dp, (n + 15) // 16 * 16, p)  # scores (NK >= n rounded up to 16)
             for u in range(_U):
                 nu = S - T + t0 + u + 1 if u < nq else 0  # keys query u may see
                 _softmax_row(p[u], nu, allowed[b], bias_row, scale, acc)
                 p[u, nu:n] = 0.0
-            _pv_rows(p, vp, n, ob)
+            _matmul_rows(p, vp, n, Dp, ob)  # weights x values
             for u in range(nq):
                 out[b, h, t0 + u] = ob[u, :D]
 
