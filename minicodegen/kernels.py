@@ -15,8 +15,8 @@ Why kernels at all?
   bytes to read; the kernels widen them to float32 *in registers*, so no float32
   copy of the matrix is ever written to memory.
 * A decode step is also many small steps (10 per layer); launched one by one
-  from Python, they cost a quarter of an int8 step.  ``decode_block`` does a
-  whole block in three parallel loops.
+  from Python, they cost a quarter of an int8 step.  ``decode_layers`` runs
+  the blocks of a step with one call each, each block in three parallel loops.
 * Reading a prompt (prefill, T = hundreds of tokens) is a matrix-*matrix*
   product: compute-bound, and BLAS sgemm is hard to beat.  For bf16 / int8 /
   float16 weights we widen a block of rows into a float32 tile and hand the
@@ -1369,7 +1369,7 @@ def decode_weights(layer: dict[str, np.ndarray], E: int) -> tuple:
     ``layer`` maps the block's weight names without the ``transformer.h.{i}.`` prefix
     (``ln_1.weight``, ``attn.qkv_proj.weight``, ... and ``*.weight.scale`` for int8) to
     arrays.  The kernels do not check bounds, so every shape is checked here; model.forward
-    does this once per model and passes the result to decode_block at every step.
+    does this once per model and passes the result to decode_layers at every step.
     """
     dt = layer["attn.qkv_proj.weight"].dtype
     if dt not in (np.float32, np.uint16, np.int8):
