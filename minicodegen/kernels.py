@@ -801,39 +801,23 @@ def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None,
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
-def _attend_query(qt, k, v, last, allowed, bias, p, o):  # pragma: no cover - compiled
+def _attend_query(qt, k, v, last, allowed, bias, p, o, acc):  # pragma: no cover - compiled
     """o = softmax attention of one query qt [D] over keys/values k, v [>= last+1, D]
     at positions 0..last allowed by allowed [>= last+1] (+ additive bias, or None);
-    p [>= last+1] is scratch.  No visible key: o = 0."""
+    p [>= last+1] and acc [16] are scratch.  No visible key: o = 0."""
     D = qt.shape[0]
-    scale = np.float32(math.sqrt(D))
-    m = np.float32(-np.inf)
-    for j in range(last + 1):
-        if allowed[j]:
-            kj = k[j]
-            s = np.float32(0.0)
-            for d in range(D):
-                s += qt[d] * kj[d]
-            s = s / scale
-            if bias is not None:
-                s += bias[j]
-            p[j] = s
-            m = max(m, s)
-        else:
-            p[j] = -np.inf
-    for d in range(D):
-        o[d] = 0.0
-    if m == -np.inf:
-        return  # no visible key (a padding position): zero output
-    tot = np.float32(0.0)
-    for j in range(last + 1):
-        e = _exp_f32(p[j] - m)  # exactly 0 for masked keys (exp(-inf))
-        p[j] = e
-        tot += e
-    inv = np.float32(1.0) / tot
-    for j in range(last + 1):
-        w = p[j] * inv
-        if w != 0.0:
+    n = last + 1
+    for j in range(n):
+        kj = k[j]
+        s = np.float32(0.0)
+        for d in range(D):
+            s += qt[d] * kj[d]
+        p[j] = s
+    _softmax_row(p, n, allowed, bias, np.float32(math.sqrt(D)), acc)
+    o[:] = 0.0
+    for j in range(n):
+        w = p[j]
+        if w != 0.0:  # masked keys add exactly nothing, whatever their values hold
             vj = v[j]
             for d in range(D):
                 o[d] += w * vj[d]
@@ -854,9 +838,10 @@ def _attend(q, k, v, S, allowed, bias, out):  # pragma: no cover - compiled
         bi = bh // H
         h = bh % H
         p = np.empty(S, np.float32)  # scores, then weights, of one query
+        acc = np.empty(16, np.float32)
         bias_row = None if bias is None else bias[bi]
         for t in range(T):
-            _attend_query(q[bi, h, t], k[bi, h], v[bi, h], S - T + t, allowed[bi], bias_row, p, out[bi, h, t])
+            _attend_query(q[bi, h, t], k[bi, h], v[bi, h], S - T + t, allowed[bi], bias_row, p, out[bi, h, t], acc)
 
 
 def _mask_arrays(key_mask: np.ndarray | None, B: int, S: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -1299,7 +1284,8 @@ def _rope_attend_step(qkv, sincos, rotary_dim, n_head, mp_num, k_cache, v_cache,
         _rotate(qkv[b, base + 2 * part:base + 2 * part + D], sincos[b], rotary_dim, k_cache[b, h, S - 1])
         v_cache[b, h, S - 1, :] = qkv[b, base + part:base + part + D]
         p = np.empty(S, np.float32)
-        _attend_query(q, k_cache[b, h], v_cache[b, h], S - 1, allowed[b], None, p, out[b, h * D:(h + 1) * D])
+        acc = np.empty(16, np.float32)
+        _attend_query(q, k_cache[b, h], v_cache[b, h], S - 1, allowed[b], None, p, out[b, h * D:(h + 1) * D], acc)
 
 
 @njit(inline="always")
