@@ -20,8 +20,9 @@ Why kernels at all?
 * Reading a prompt (prefill, T = hundreds of tokens) is a matrix-*matrix*
   product: compute-bound, and BLAS sgemm is hard to beat.  For bf16 / int8 /
   float16 weights we widen a block of rows into a float32 tile and hand the
-  tile to BLAS (5-14% slower than float32 weights in the runs of tools/bench.py).  Attention over a prompt
-  runs in blocks of 4 queries with explicit SIMD code (``_attend_prompt``), everything in cache.
+  tile to BLAS (0-3% slower than float32 weights in the last runs of tools/bench.py).
+  Attention over a prompt runs in blocks of 4 queries with explicit SIMD code
+  (``_attend_prompt``), everything in cache.
 * Element-wise ops (layer norm, gelu, rotary) are one pass over memory here
   instead of NumPy's chain of temporaries.
 
@@ -657,9 +658,9 @@ def _tile_buffer(n: int) -> np.ndarray:
 
 
 def release_scratch() -> None:
-    """Free this thread's scratch buffer (weight tiles of _tiled_blas, attention scores of a
-    prompt); model.forward calls it after a prompt, so that it does not stay in memory while
-    decoding."""
+    """Free this thread's scratch buffer (weight tiles of _tiled_blas, the transposed keys and
+    copied values of a prompt's attention); model.forward calls it after a prompt, so that it
+    does not stay in memory while decoding."""
     _tiles.buf = None
 
 
@@ -1246,8 +1247,8 @@ def _gemv_pair(x, W1, s1, y1, W2, s2, b2, y2, pf):  # pragma: no cover - compile
 
     x [B, n_in]; W1 [n1, n_in], W2 [n2, n_in] (same dtype); s1, s2: int8 row
     scales or None; b2 [n2] or None; y1 [B, n1], y2 [B, n2].  One parallel loop
-    over the row pairs of both matrices (see _gemv).  (gelu is not applied here:
-    a scalar gelu after each row slowed the loop by 0.7 ms an int8 step.)
+    over the row pairs of both matrices (see _gemv).  gelu is not applied here:
+    _decode_block runs it as one vectorized pass over y2 afterwards.
     """
     x = _dot_operand(x, W1)  # (W1 and W2 have the same dtype)
     h1 = (W1.shape[0] + 1) // 2
