@@ -377,7 +377,7 @@ def forward(
     if trace is not None:
         trace |= {"ln_f": x, "logits": logits}
     if model.fast and B * T > kernels.STREAM_MAX_T:
-        kernels.release_scratch()  # the prompt's widened-weight tile: not needed while decoding
+        kernels.release_scratch()  # the prompt's packed tokens and panels: not needed while decoding
     return logits.astype(np.float32, copy=False)
 
 

@@ -8,7 +8,7 @@ the copies fill ``--ws`` bytes and a pass multiplies by every copy, as decoding
 a whole model does (``--hot`` uses a single copy instead).
 
 Prefill (T = 512): milliseconds for fp32 BLAS ``x @ W.T``, torch, and the
-bf16 / int8 kernels (tiles of widened rows fed to BLAS).
+bf16 / int8 kernels (kernels._prefill_linear: panels of widened rows, SIMD matrix products).
 
     python tools/kernel_speed.py [--threads N] [--ws GB] [--reps R] [--hot] [--sweep]
 
@@ -182,7 +182,7 @@ def sweep(rng: np.random.Generator) -> None:
     sc = np.ones(n_out, np.float32)
     Wc = [W.copy() for _ in range(int(ARGS.ws * 1e9 // W.nbytes))] if not ARGS.hot else [W]
     print(f"\nT sweep, fc_in {n_out}x{n_in}, ms per matrix (fp32 over {len(Wc)} copies):")
-    print(f"{'T':>3} {'f32 stream':>11} {'f32 BLAS':>9} {'bf16 stream':>12} {'bf16 tiles':>11} {'int8 stream':>12} {'int8 tiles':>11}")
+    print(f"{'T':>3} {'f32 stream':>11} {'f32 BLAS':>9} {'bf16 stream':>12} {'bf16 panels':>11} {'int8 stream':>12} {'int8 panels':>11}")
     for T in (1, 2, 3, 4, 6, 8, 12, 16):
         x = rng.standard_normal((T, n_in), dtype=np.float32)
         xr = K._ro(x)
@@ -191,9 +191,9 @@ def sweep(rng: np.random.Generator) -> None:
             "f32s": lambda: [K._gemv(xr, K._ro(M), None, None, y, K.PREFETCH_F32) for M in Wc],
             "f32b": lambda: [x @ M.T for M in Wc],
             "bfs": lambda: K._gemv(xr, K._ro(Wb), None, None, y, K.PREFETCH_BF16),
-            "bft": lambda: K._tiled_blas(x, K._ro(Wb), K._widen_bf16_rows, None, None),
+            "bft": lambda: K._prefill_linear(xr, K._ro(Wb), None, None),
             "i8s": lambda: K._gemv(xr, K._ro(Wq), K._ro(sc), None, y, K.PREFETCH_INT8),
-            "i8t": lambda: K._tiled_blas(x, K._ro(Wq), K._widen_int8_rows, None, sc),
+            "i8t": lambda: K._prefill_linear(xr, K._ro(Wq), K._ro(sc), None),
         }
         ms = {}
         for k, f in fns.items():
