@@ -1086,9 +1086,9 @@ def _widen_into_impl(w, s, out):
 
 @njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
 def _gemm_panels(xp, T, W, scale, b, y, pans):  # pragma: no cover - compiled
-    """y = x @ widen(W).T [* scale] [+ b] from the packed tokens xp [NT, n_in, 64] of x [T, n_in]
+    """y = x @ widen(W).T [* scale] + b from the packed tokens xp [NT, n_in, 64] of x [T, n_in]
     (see the section comment).  W [n_out, n_in] uint16 (bf16) or int8 with scale [n_out];
-    b [n_out] or None; y [T, n_out]; pans [P, NK, 64, _KC] scratch, one panel per thread part
+    b [n_out] (zeros for no bias: one compiled specialization less); y [T, n_out]; pans [P, NK, 64, _KC] scratch, one panel per thread part
     (P parts take the panels j0 = 64 (part + P m))."""
     n_out, n_in = W.shape
     NT = xp.shape[0]
@@ -1119,10 +1119,7 @@ def _gemm_panels(xp, T, W, scale, b, y, pans):  # pragma: no cover - compiled
                 for c in range(min(_NB, T - t0)):
                     yr = y[t0 + c]
                     for r in range(nr):
-                        v = cb[r, c]
-                        if b is not None:
-                            v += b[j0 + r]
-                        yr[j0 + r] = v
+                        yr[j0 + r] = cb[r, c] + b[j0 + r]
 
 
 def _prefill_linear(x2: np.ndarray, W: np.ndarray, scale: np.ndarray | None,
@@ -1140,6 +1137,7 @@ def _prefill_linear(x2: np.ndarray, W: np.ndarray, scale: np.ndarray | None,
     pans = buf[n_xp:].reshape(P, NK, _NB, _KC)
     _pack_tokens(_ro(x2), xp)
     y = np.empty((T, W.shape[0]), np.float32)
+    b = b if b is not None else _ro(np.zeros(W.shape[0], np.float32))
     _gemm_panels(_ro(xp), T, W, scale, b, y, pans)
     return y
 
