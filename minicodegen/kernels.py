@@ -19,7 +19,7 @@ Why kernels at all?
   the blocks of a step with one call each, each block in three parallel loops.
 * Reading a prompt (prefill, T = hundreds of tokens) is a matrix-*matrix*
   product: compute-bound, and BLAS sgemm is hard to beat.  float32 weights go
-  to BLAS.  For bf16 / int8 weights ``_prefill_linear`` widens panels of 64 rows
+  to BLAS.  For bf16 / int8 weights ``_prefill_linear`` widens panels of 128 rows
   into cache-sized float32 blocks and multiplies them with SIMD code of its
   own.  (It replaced float32 tiles of up to 32 MB fed to BLAS: same prefill
   speed, 24 MiB less peak RSS for the 350M shape.)
@@ -121,12 +121,16 @@ PREFETCH_INT8 = 4096
 _MASKED_AT_OR_BELOW = -1e9
 
 # The prefill kernel for bf16 / int8 weights (_prefill_linear) works on blocks of
-# _NB tokens x _NB rows of W, and splits n_in into chunks of _KC: one chunk of
-# the packed tokens (_KC x _NB float32 = 32 KB) stays in L1 while it is used.
-# Measured on fc_in of the 350M shape (T = 512, int8), ms per call, _KC =
-# 64 / 96 / 128 / 160 / whole rows (1024): 14.0 / 13.8 / 13.7 / 14.2 / 17.4;
-# BLAS on a float32 tile, as before, 14.2-16.5; float32 BLAS 13.5.
+# _NB tokens x panels of _NR rows of W, and splits n_in into chunks of _KC: one
+# chunk of the packed tokens (_KC x _NB float32 = 32 KB) stays in L1 while it is
+# used.  Measured on fc_in of the 350M shape (T = 512, int8), ms per call, _KC =
+# 64 / 96 / 128 / 160 / whole rows (1024): 14.0 / 13.8 / 13.7 / 14.2 / 17.4
+# (BLAS on a float32 tile, as before, 14.2-16.5; float32 BLAS 13.5).  Taller
+# panels re-read the packed tokens fewer times: _NR = 64 / 128 / 256 gave
+# 14.3-14.5 / 13.9 / 13.3-13.6 ms for fc_in, 14.2-14.5 / 13.5-13.8 /
+# 13.4-14.2 for fc_out (float32 BLAS 13.7-14.1).
 _NB = 64
+_NR = 128
 _KC = 128
 
 
@@ -653,7 +657,7 @@ def linear_bf16(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np
 
     ``widen(W) = (W.astype(uint32) << 16).view(float32)`` (exact).  Decode
     streams W (2 bytes per weight) and widens in registers; prefill widens
-    panels of 64 rows for a matrix-matrix kernel (_prefill_linear).
+    panels of 128 rows for a matrix-matrix kernel (_prefill_linear).
     """
     W = _check_w(W, np.uint16, "W")
     n_out, n_in = W.shape
@@ -694,7 +698,7 @@ def linear_int8(x: np.ndarray, Wq: np.ndarray, scale: np.ndarray,
 
     Equals ``x @ (Wq * scale[:, None]).T + b`` up to float32 rounding.  Decode
     streams Wq (1 byte per weight) and converts in registers; prefill dequantizes
-    panels of 64 rows for a matrix-matrix kernel (_prefill_linear).
+    panels of 128 rows for a matrix-matrix kernel (_prefill_linear).
     """
     Wq = _check_w(Wq, np.int8, "Wq")
     n_out, n_in = Wq.shape
@@ -1031,36 +1035,75 @@ def _attend_prompt(q, k, v, S, allowed, bias, out, kts, vps):  # pragma: no cove
 # A matrix-matrix product is compute-bound; what matters is that the operands
 # of the inner loop sit in L1.  The tokens are packed once per call, transposed
 # in blocks of 64: xp[blk, i, c] = x[64 blk + c, i] (zero past T).  Each thread
-# then takes panels of 64 rows of W, widens (bf16) or dequantizes (int8) a panel
-# into float32, pan[k, r, :] = widen(W[j0 + r, 128 k : 128 k + 128]), and for
-# each block of 64 tokens and each chunk k of 128 inputs runs _matmul_rows
-# (4 rows of the panel x 64 tokens in 16 vector accumulators):
+# then takes panels of 128 rows of W, widens (bf16) or dequantizes (int8) a panel
+# into float32, pan[k, r, :] = widen(W[j0 + r, 128 k : 128 k + 128]) (r < 128
+# rows), and for each block of 64 tokens and each chunk k of 128 inputs
+# runs _matmul_rows (4 rows of the panel x 64 tokens in 16 vector accumulators):
 #
 #     cb[r, c] += sum_{i in chunk k} pan[k, r, i] * xp[blk, 128 k + i, c]
 #
-# so the chunk of packed tokens (128 x 64 floats, 32 KB) is reused by all 64
-# rows of the panel from L1.  Then y[64 blk + c, j0 + r] = cb[r, c] (+ b).
+# so the chunk of packed tokens (128 x 64 floats, 32 KB) is reused by all 128
+# rows of the panel from L1.  Then y[64 blk + c, j0 + r] = cb[r, c] + b[j0 + r], in blocks
+# of 16 x 16 transposed in registers (_transpose_add16).
 # Every weight is widened once per call (as BLAS packs its operands once), and
 # no float32 copy of W is made: the scratch is the packed tokens plus one panel
-# per thread (256 KB for n_in = 1024).  Sums run over i in a fixed order.
+# per thread (512 KB for n_in = 1024).  Sums run over i in a fixed order.
 # ---------------------------------------------------------------------------
 
 
+@intrinsic
+def _transpose_add16(typingctx, src, r0, c0, b, b0, dst, t0, j0):
+    """dst[t0 + m, j0 + i] = src[r0 + i, c0 + m] + b[b0 + i] for i, m < 16: one 16 x 16 block,
+    transposed in registers (four rounds of swapping half-blocks between pairs of rows, 64
+    shuffles).  src, dst float32 C-contiguous matrices, b float32 [>= b0 + 16]; the caller
+    checks the bounds."""
+    ints = (r0, c0, b0, t0, j0)
+    if not (_is_f32_matrix(src) and _is_f32_matrix(dst) and all(isinstance(v, types.Integer) for v in ints)
+            and isinstance(b, types.Array) and b.ndim == 1 and b.dtype == types.float32 and b.layout == "C"):
+        return None
+
+    def codegen(context, builder, sig, args):
+        sp, lds = _ir_matrix(context, builder, sig.args[0], args[0])
+        dp, ldd = _ir_matrix(context, builder, sig.args[5], args[5])
+        bp = builder.bitcast(context.make_array(sig.args[3])(context, builder, value=args[3]).data, _F32.as_pointer())
+        r0_, c0_, b0_, t0_, j0_ = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, 2, 4, 6, 7))
+        rows = [_ir_vload(builder, sp, builder.add(builder.mul(builder.add(r0_, _i64(i)), lds), c0_)) for i in range(16)]
+        i32v = ir.VectorType(ir.IntType(32), _LANES)
+        for d in (8, 4, 2, 1):  # swap the d x d blocks off the diagonal, for every pair of rows (i, i + d)
+            lo = ir.Constant(i32v, [j if not j & d else 16 + j - d for j in range(16)])
+            hi = ir.Constant(i32v, [j + d if not j & d else 16 + j for j in range(16)])
+            for i in range(16):
+                if not i & d:
+                    a, c = rows[i], rows[i + d]
+                    rows[i], rows[i + d] = builder.shuffle_vector(a, c, lo), builder.shuffle_vector(a, c, hi)
+        bias = _ir_vload(builder, bp, b0_)
+        for m in range(16):  # rows[m] now holds src[r0 + i, c0 + m] for i = 0..15
+            _ir_vstore(builder, builder.fadd(rows[m], bias), dp, builder.add(builder.mul(builder.add(t0_, _i64(m)), ldd), j0_))
+        return context.get_dummy_value()
+
+    return types.void(src, r0, c0, b, b0, dst, t0, j0), codegen
+
+
 @njit(parallel=True, error_model="numpy", cache=True)
-def _pack_tokens(x, xp):  # pragma: no cover - compiled
-    """xp[blk, i, c] = x[64 blk + c, i], 0 past the last row.   x [T, n_in], xp [NT, n_in, 64]."""
+def _pack_tokens(x, xp, zeros):  # pragma: no cover - compiled
+    """xp[blk, i, c] = x[64 blk + c, i], 0 past the last row.   x [T, n_in], xp [NT, n_in, 64],
+    zeros [16] (zeros, the bias of _transpose_add16).  Parallel over the blocks of 64 tokens;
+    16 x 16 blocks transposed in registers, the edges copied one by one.  Packing the input of
+    the 350M fc_in / fc_out at T = 512 (2 / 8 MB) took 0.18 / 0.78 ms with scalar copies, 0.10 /
+    0.57 ms so (the latter at memory speed)."""
     T, n_in = x.shape
     for blk in prange(xp.shape[0]):
         t0 = blk * _NB
         nt = min(_NB, T - t0)
-        for i0 in range(0, n_in, 16):  # 16 inputs x 64 tokens at a time: both sides stay in L1
-            i1 = min(i0 + 16, n_in)
-            for c in range(nt):
-                for i in range(i0, i1):
-                    xp[blk, i, c] = x[t0 + c, i]
-            for c in range(nt, _NB):
-                for i in range(i0, i1):
-                    xp[blk, i, c] = 0.0
+        dst = xp[blk]
+        for c0 in range(0, _NB, 16):
+            for i0 in range(0, n_in, 16):
+                if c0 + 16 <= nt and i0 + 16 <= n_in:
+                    _transpose_add16(x, t0 + c0, i0, zeros, 0, dst, i0, c0)
+                else:
+                    for c in range(c0, c0 + 16):
+                        for i in range(i0, min(i0 + 16, n_in)):
+                            dst[i, c] = x[t0 + c, i] if c < nt else np.float32(0.0)
 
 
 def _widen_into(w, s, out):  # pragma: no cover - replaced by the overload in compiled code
@@ -1088,25 +1131,26 @@ def _widen_into_impl(w, s, out):
 def _gemm_panels(xp, T, W, scale, b, y, pans):  # pragma: no cover - compiled
     """y = x @ widen(W).T [* scale] + b from the packed tokens xp [NT, n_in, 64] of x [T, n_in]
     (see the section comment).  W [n_out, n_in] uint16 (bf16) or int8 with scale [n_out];
-    b [n_out] (zeros for no bias: one compiled specialization less); y [T, n_out]; pans [P, NK, 64, _KC] scratch, one panel per thread part
-    (P parts take the panels j0 = 64 (part + P m))."""
+    b [n_out] (zeros for no bias: one compiled specialization less); y [T, n_out];
+    pans [P, NK, _NR, _KC] scratch, one panel per thread part (part p takes the panels
+    j0 = _NR (p + P m))."""
     n_out, n_in = W.shape
     NT = xp.shape[0]
     P, NK = pans.shape[0], pans.shape[1]
-    n_pan = (n_out + _NB - 1) // _NB
+    n_pan = (n_out + _NR - 1) // _NR
     for part in prange(P):
         pan = pans[part]
-        cb = np.empty((_NB, _NB), np.float32)
+        cb = np.empty((_NR, _NB), np.float32)
         for pb in range(part, n_pan, P):
-            j0 = pb * _NB
-            nr = min(_NB, n_out - j0)
+            j0 = pb * _NR
+            nr = min(_NR, n_out - j0)
             for r in range(nr):
                 s = scale[j0 + r] if scale is not None else np.float32(1.0)
                 for k in range(NK):
                     k0 = k * _KC
                     kn = min(_KC, n_in - k0)
                     _widen_into(W[j0 + r, k0:k0 + kn], s, pan[k, r, :kn])
-            for r in range(nr, _NB):  # (rows past n_out: computed, never written out)
+            for r in range(nr, _NR):  # (rows past n_out: computed, never written out)
                 pan[:, r, :] = 0.0
             for blk in range(NT):
                 for k in range(NK):
@@ -1116,10 +1160,19 @@ def _gemm_panels(xp, T, W, scale, b, y, pans):  # pragma: no cover - compiled
                     for g in range(0, nr, _U):
                         _matmul_rows(pan[k, g:g + _U], xk, kn, _NB, cb[g:g + _U], k > 0)
                 t0 = blk * _NB
-                for c in range(min(_NB, T - t0)):
-                    yr = y[t0 + c]
-                    for r in range(nr):
-                        yr[j0 + r] = cb[r, c] + b[j0 + r]
+                nt = min(_NB, T - t0)
+                for c0 in range(0, nt, 16):
+                    for r0 in range(0, nr, 16):
+                        if c0 + 16 <= nt and r0 + 16 <= nr:  # y[t0 + c, j0 + r] = cb[r, c] + b[j0 + r]
+                            _transpose_add16(cb, r0, c0, b, j0 + r0, y, t0 + c0, j0 + r0)
+                        else:
+                            for c in range(c0, min(c0 + 16, nt)):
+                                for r in range(r0, min(r0 + 16, nr)):
+                                    y[t0 + c, j0 + r] = cb[r, c] + b[j0 + r]
+
+
+_ZEROS16 = np.zeros(16, np.float32)
+_ZEROS16.flags.writeable = False
 
 
 def _prefill_linear(x2: np.ndarray, W: np.ndarray, scale: np.ndarray | None,
@@ -1132,10 +1185,10 @@ def _prefill_linear(x2: np.ndarray, W: np.ndarray, scale: np.ndarray | None,
     NK = -(-n_in // _KC)
     P = get_threads()
     n_xp = NT * n_in * _NB
-    buf = _tile_buffer(n_xp + P * NK * _NB * _KC)
+    buf = _tile_buffer(n_xp + P * NK * _NR * _KC)
     xp = buf[:n_xp].reshape(NT, n_in, _NB)
-    pans = buf[n_xp:].reshape(P, NK, _NB, _KC)
-    _pack_tokens(_ro(x2), xp)
+    pans = buf[n_xp:].reshape(P, NK, _NR, _KC)
+    _pack_tokens(_ro(x2), xp, _ZEROS16)
     y = np.empty((T, W.shape[0]), np.float32)
     b = b if b is not None else _ro(np.zeros(W.shape[0], np.float32))
     _gemm_panels(_ro(xp), T, W, scale, b, y, pans)
