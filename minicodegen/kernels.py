@@ -128,7 +128,9 @@ _MASKED_AT_OR_BELOW = -1e9
 # (BLAS on a float32 tile, as before, 14.2-16.5; float32 BLAS 13.5).  Taller
 # panels re-read the packed tokens fewer times: _NR = 64 / 128 / 256 gave
 # 14.3-14.5 / 13.9 / 13.3-13.6 ms for fc_in, 14.2-14.5 / 13.5-13.8 /
-# 13.4-14.2 for fc_out (float32 BLAS 13.7-14.1).
+# 13.4-14.2 for fc_out (float32 BLAS 13.7-14.1).  Widening a panel one chunk of
+# _KC inputs at a time, rather than whole, kept that speed (fc_out 13.2-14.5 ms)
+# and needs 64 KB of scratch per thread instead of 2 MB for fc_out.
 _NB = 64
 _NR = 128
 _KC = 128
@@ -1069,19 +1071,20 @@ def _attend_prompt(q, k, v, S, allowed, bias, out, kts, vps):  # pragma: no cove
 # A matrix-matrix product is compute-bound; what matters is that the operands
 # of the inner loop sit in L1.  The tokens are packed once per call, transposed
 # in blocks of 64: xp[blk, i, c] = x[64 blk + c, i] (zero past T).  Each thread
-# then takes panels of 128 rows of W, widens (bf16) or dequantizes (int8) a panel
-# into float32, pan[k, r, :] = widen(W[j0 + r, 128 k : 128 k + 128]) (r < 128
-# rows), and for each block of 64 tokens and each chunk k of 128 inputs
+# then takes panels of 128 rows of W.  For each chunk k of 128 inputs it widens
+# (bf16) or dequantizes (int8) the panel's chunk into float32, pan[r, :] =
+# widen(W[j0 + r, 128 k : 128 k + 128]) (64 KB), and for each block of 64 tokens
 # runs _matmul_rows (4 rows of the panel x 64 tokens in 16 vector accumulators):
 #
-#     cb[r, c] += sum_{i in chunk k} pan[k, r, i] * xp[blk, 128 k + i, c]
+#     cb[blk, r, c] += sum_{i in chunk k} pan[r, i] * xp[blk, 128 k + i, c]
 #
 # so the chunk of packed tokens (128 x 64 floats, 32 KB) is reused by all 128
-# rows of the panel from L1.  Then y[64 blk + c, j0 + r] = cb[r, c] + b[j0 + r], in blocks
-# of 16 x 16 transposed in registers (_transpose_add16).
+# rows of the panel from L1.  Then y[64 blk + c, j0 + r] = cb[blk, r, c] +
+# b[j0 + r], in blocks of 16 x 16 transposed in registers (_transpose_add16).
 # Every weight is widened once per call (as BLAS packs its operands once), and
-# no float32 copy of W is made: the scratch is the packed tokens plus one panel
-# per thread (512 KB for n_in = 1024).  Sums run over i in a fixed order.
+# no float32 copy of W is made: the scratch is the packed tokens plus, per
+# thread, one widened chunk and the sums (64 KB + 32 KB per block of tokens).
+# Sums run over i in a fixed order.
 # ---------------------------------------------------------------------------
 
 
@@ -1162,47 +1165,46 @@ def _widen_into_impl(w, s, out):
 
 
 @njit(parallel=True, fastmath=_FM, error_model="numpy", cache=True)
-def _gemm_panels(xp, T, W, scale, b, y, pans):  # pragma: no cover - compiled
+def _gemm_panels(xp, T, W, scale, b, y, pans, cbs):  # pragma: no cover - compiled
     """y = x @ widen(W).T [* scale] + b from the packed tokens xp [NT, n_in, 64] of x [T, n_in]
     (see the section comment).  W [n_out, n_in] uint16 (bf16) or int8 with scale [n_out];
-    b [n_out] (zeros for no bias: one compiled specialization less); y [T, n_out];
-    pans [P, NK, _NR, _KC] scratch, one panel per thread part (part p takes the panels
-    j0 = _NR (p + P m))."""
+    b [n_out] (zeros for no bias: one compiled specialization less); y [T, n_out].  Scratch,
+    one of each per thread part (part p takes the panels j0 = _NR (p + P m)): pans [P, _NR, _KC]
+    the widened chunk of the panel, cbs [P, NT, _NR, 64] its sums for every block of tokens."""
     n_out, n_in = W.shape
     NT = xp.shape[0]
-    P, NK = pans.shape[0], pans.shape[1]
+    P = pans.shape[0]
+    NK = (n_in + _KC - 1) // _KC
     n_pan = (n_out + _NR - 1) // _NR
     for part in prange(P):
         pan = pans[part]
-        cb = np.empty((_NR, _NB), np.float32)
+        cb = cbs[part]
         for pb in range(part, n_pan, P):
             j0 = pb * _NR
             nr = min(_NR, n_out - j0)
-            for r in range(nr):
-                s = scale[j0 + r] if scale is not None else np.float32(1.0)
-                for k in range(NK):
-                    k0 = k * _KC
-                    kn = min(_KC, n_in - k0)
-                    _widen_into(W[j0 + r, k0:k0 + kn], s, pan[k, r, :kn])
-            for r in range(nr, _NR):  # (rows past n_out: computed, never written out)
-                pan[:, r, :] = 0.0
-            for blk in range(NT):
-                for k in range(NK):
-                    k0 = k * _KC
-                    kn = min(_KC, n_in - k0)
+            for k in range(NK):
+                k0 = k * _KC
+                kn = min(_KC, n_in - k0)
+                for r in range(nr):
+                    s = scale[j0 + r] if scale is not None else np.float32(1.0)
+                    _widen_into(W[j0 + r, k0:k0 + kn], s, pan[r, :kn])
+                if k == 0:  # (rows past n_out: computed, never written out)
+                    pan[nr:] = 0.0
+                for blk in range(NT):
                     xk = xp[blk, k0:k0 + kn]
                     for g in range(0, nr, _U):
-                        _matmul_rows(pan[k, g:g + _U], xk, kn, _NB, cb[g:g + _U], k > 0)
+                        _matmul_rows(pan[g:g + _U], xk, kn, _NB, cb[blk, g:g + _U], k > 0)
+            for blk in range(NT):
                 t0 = blk * _NB
                 nt = min(_NB, T - t0)
                 for c0 in range(0, nt, 16):
                     for r0 in range(0, nr, 16):
-                        if c0 + 16 <= nt and r0 + 16 <= nr:  # y[t0 + c, j0 + r] = cb[r, c] + b[j0 + r]
-                            _transpose_add16(cb, r0, c0, b, j0 + r0, y, t0 + c0, j0 + r0)
+                        if c0 + 16 <= nt and r0 + 16 <= nr:  # y[t0 + c, j0 + r] = cb[blk, r, c] + b[j0 + r]
+                            _transpose_add16(cb[blk], r0, c0, b, j0 + r0, y, t0 + c0, j0 + r0)
                         else:
                             for c in range(c0, min(c0 + 16, nt)):
                                 for r in range(r0, min(r0 + 16, nr)):
-                                    y[t0 + c, j0 + r] = cb[r, c] + b[j0 + r]
+                                    y[t0 + c, j0 + r] = cb[blk, r, c] + b[j0 + r]
 
 
 _ZEROS16 = np.zeros(16, np.float32)
@@ -1216,16 +1218,16 @@ def _prefill_linear(x2: np.ndarray, W: np.ndarray, scale: np.ndarray | None,
     arguments are the callers' (linear_bf16, linear_int8); see the section comment."""
     T, n_in = x2.shape
     NT = -(-T // _NB)
-    NK = -(-n_in // _KC)
     P = get_threads()
-    n_xp = NT * n_in * _NB
-    buf = _tile_buffer(n_xp + P * NK * _NR * _KC)
+    n_xp, n_pan = NT * n_in * _NB, P * _NR * _KC
+    buf = _tile_buffer(n_xp + n_pan + P * NT * _NR * _NB)
     xp = buf[:n_xp].reshape(NT, n_in, _NB)
-    pans = buf[n_xp:].reshape(P, NK, _NR, _KC)
+    pans = buf[n_xp:n_xp + n_pan].reshape(P, _NR, _KC)
+    cbs = buf[n_xp + n_pan:].reshape(P, NT, _NR, _NB)
     _pack_tokens(_ro(x2), xp, _ZEROS16)
     y = np.empty((T, W.shape[0]), np.float32)
     b = b if b is not None else _ro(np.zeros(W.shape[0], np.float32))
-    _gemm_panels(_ro(xp), T, W, scale, b, y, pans)
+    _gemm_panels(_ro(xp), T, W, scale, b, y, pans, cbs)
     return y
 
 
