@@ -661,17 +661,7 @@ def linear_bf16(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np
     streams W (2 bytes per weight) and widens in registers; prefill widens
     panels of 128 rows for a matrix-matrix kernel (_prefill_linear).
     """
-    W = _check_w(W, np.uint16, "W")
-    n_out, n_in = W.shape
-    x2, lead = _prep_x(x, n_in)
-    b = _prep_vec(b, n_out, "b")
-    T = x2.shape[0]
-    if T <= STREAM_MAX_T:
-        y = np.empty((T, n_out), np.float32)
-        _gemv(_ro(x2), W, None, b, y, PREFETCH_BF16)
-    else:
-        y = _prefill_linear(x2, W, None, b)
-    return y.reshape(*lead, n_out)
+    return _linear_narrow(x, _check_w(W, np.uint16, "W"), None, b, PREFETCH_BF16)
 
 
 def linear_f16(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
@@ -703,18 +693,25 @@ def linear_int8(x: np.ndarray, Wq: np.ndarray, scale: np.ndarray,
     panels of 128 rows for a matrix-matrix kernel (_prefill_linear).
     """
     Wq = _check_w(Wq, np.int8, "Wq")
-    n_out, n_in = Wq.shape
-    x2, lead = _prep_x(x, n_in)
-    scale = _prep_vec(scale, n_out, "scale")
+    scale = _prep_vec(scale, Wq.shape[0], "scale")
     if scale is None:
         raise ValueError("linear_int8 needs a per-row scale")
+    return _linear_narrow(x, Wq, scale, b, PREFETCH_INT8)
+
+
+def _linear_narrow(x: np.ndarray, W: np.ndarray, scale: np.ndarray | None, b: np.ndarray | None,
+                   pf: int) -> np.ndarray:
+    """linear_bf16 / linear_int8 once W (and scale) are checked: up to STREAM_MAX_T rows of x
+    stream W through _gemv (prefetching pf bytes ahead), more go to _prefill_linear."""
+    n_out, n_in = W.shape
+    x2, lead = _prep_x(x, n_in)
     b = _prep_vec(b, n_out, "b")
     T = x2.shape[0]
     if T <= STREAM_MAX_T:
         y = np.empty((T, n_out), np.float32)
-        _gemv(_ro(x2), Wq, scale, b, y, PREFETCH_INT8)
+        _gemv(_ro(x2), W, scale, b, y, pf)
     else:
-        y = _prefill_linear(x2, Wq, scale, b)
+        y = _prefill_linear(x2, W, scale, b)
     return y.reshape(*lead, n_out)
 
 
