@@ -123,11 +123,12 @@ _MASKED_AT_OR_BELOW = -1e9
 # The prefill kernel for bf16 / int8 weights (_prefill_linear) works on blocks of
 # _NB tokens x panels of _NR rows of W, and splits n_in into chunks of _KC: one
 # chunk of the packed tokens (_KC x _NB float32 = 32 KB) stays in L1 while it is
-# used.  Measured on fc_in of the 350M shape (T = 512, int8), ms per call, _KC =
-# 64 / 96 / 128 / 160 / whole rows (1024): 14.0 / 13.8 / 13.7 / 14.2 / 17.4
-# (BLAS on a float32 tile, as before, 14.2-16.5; float32 BLAS 13.5).  Taller
-# panels re-read the packed tokens fewer times: _NR = 64 / 128 / 256 gave
-# 14.3-14.5 / 13.9 / 13.3-13.6 ms for fc_in, 14.2-14.5 / 13.5-13.8 /
+# used.  Measured on fc_in of the 350M shape (T = 512, int8), ms per call over
+# four runs, _KC = 64 / 96 / 128 / 160 / whole rows (1024): 14.0-14.7 /
+# 13.8-14.1 / 13.6-14.1 / 14.2-14.8 / 17.4-17.5 (BLAS on a float32 tile, as
+# before, 14.2-16.5; float32 BLAS 13.4-13.7).  Taller panels re-read the packed
+# tokens fewer times: _NR = 64 / 128 / 256 gave 14.3-14.5 / 13.6-13.9 /
+# 13.3-13.7 ms for fc_in, 14.2-14.5 / 13.5-13.8 /
 # 13.4-14.2 for fc_out (float32 BLAS 13.7-14.1).  Widening a panel one chunk of
 # _KC inputs at a time, rather than whole, kept that speed (fc_out 13.2-14.5 ms)
 # and needs 64 KB of scratch per thread instead of 2 MB for fc_out.

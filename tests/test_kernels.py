@@ -143,7 +143,8 @@ def test_prefill_linear_bf16_int8(seed, T, n_out, n_in, with_bias, int8):
 
 def test_prefill_linear_ignores_stale_scratch():
     """The scratch buffer is reused between calls: a call with fewer tokens or inputs than the
-    one before must not pick up the earlier call's packed tokens or panel rows."""
+    one before must not pick up the earlier call's sums, panel rows or packed tokens (a
+    kernel that adds to the sums of the first chunk of inputs fails here)."""
     rng = np.random.default_rng(7)
     big = to_bf16(rng.standard_normal((130, 300)).astype(np.float32))
     K.linear_bf16(np.full((150, 300), np.nan, np.float32), big)  # fills the scratch with NaN
