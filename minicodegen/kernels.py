@@ -535,17 +535,19 @@ def _rows_out(acc, j, t, scale, b, y):  # pragma: no cover - compiled
 
 @njit(inline="always")
 def _gemv_step(xd, W, j, h, scale, b, y, pf):  # pragma: no cover - compiled
-    """Rows j and j + h of y = (xd @ widen(W).T) [* scale] [+ b] (row j only when
-    j + h is past the end): the body of the matrix-vector loops."""
-    k = j + h
+    """Rows j, j + h, j + 2h and j + 3h of y = (xd @ widen(W).T) [* scale] [+ b]
+    (those before the end of W): the body of the matrix-vector loops."""
+    n = W.shape[0]
     for t in range(xd.shape[0]):
         p = pf if t == 0 else 0  # (the rows sit in L1 for the other t)
-        if k < W.shape[0]:
-            u, v = _dot(xd[t], (W[j], W[k]), p)
-            _rows_out(v, k, t, scale, b, y)
+        if j + 3 * h < n:
+            u = _dot(xd[t], (W[j], W[j + h], W[j + 2 * h], W[j + 3 * h]), p)
+            for r in range(4):
+                _rows_out(u[r], j + r * h, t, scale, b, y)
         else:
-            u = _dot(xd[t], W[j], p)
-        _rows_out(u, j, t, scale, b, y)
+            for r in range(4):
+                if j + r * h < n:
+                    _rows_out(_dot(xd[t], W[j + r * h], p), j + r * h, t, scale, b, y)
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
@@ -554,10 +556,11 @@ def _gemv(x, W, scale, b, y, pf):  # pragma: no cover - compiled
 
     x [T, n_in] f32; W [n_out, n_in] float32, uint16 (bf16 bits) or int8;
     scale [n_out] f32 or None (int8: the per-row scale); b [n_out] f32 or None.
-    Step j computes rows j and j + h, h = n_out / 2 rounded up.
+    Step j computes rows j, j + h, j + 2h, j + 3h, h = n_out / 4 rounded up: each
+    thread streams four bands of W at once (see the section comment).
     """
     xd = _dot_operand(x, W)
-    h = (W.shape[0] + 1) // 2
+    h = (W.shape[0] + 3) // 4
     for j in prange(h):
         _gemv_step(xd, W, j, h, scale, b, y, pf)
 
@@ -1392,8 +1395,8 @@ def _gemv_pair(x, W1, s1, y1, W2, s2, b2, y2, pf):  # pragma: no cover - compile
     _decode_block runs it as one vectorized pass over y2 afterwards.
     """
     x = _dot_operand(x, W1)  # (W1 and W2 have the same dtype)
-    h1 = (W1.shape[0] + 1) // 2
-    h2 = (W2.shape[0] + 1) // 2
+    h1 = (W1.shape[0] + 3) // 4
+    h2 = (W2.shape[0] + 3) // 4
     for j in prange(h1 + h2):
         if j < h1:
             _gemv_step(x, W1, j, h1, s1, None, y1, pf)
@@ -1447,25 +1450,26 @@ def _gemv_sum_into(x, a, W1, s1, hidden, W2, s2, b2, pf):  # pragma: no cover - 
     """x += a @ widen(W1).T [* s1] + (hidden @ widen(W2).T [* s2] + b2), in place.
 
     x, a [B, E]; W1 [E, E]; hidden [B, n_inner]; W2 [E, n_inner]; one parallel
-    loop over output rows j and j + h (h = E / 2 rounded up), reading those
-    rows of both matrices.
+    loop over output rows j, j + h, j + 2h, j + 3h (h = E / 4 rounded up), reading
+    those rows of both matrices.
     """
     a = _dot_operand(a, W1)
     hidden = _dot_operand(hidden, W2)
     E = W1.shape[0]
-    h = (E + 1) // 2
+    h = (E + 3) // 4
     for j in prange(h):
-        k = j + h
         for t in range(x.shape[0]):
             p = pf if t == 0 else 0
-            if k < E:
-                u, u2 = _dot(a[t], (W1[j], W1[k]), p)
-                v, v2 = _dot(hidden[t], (W2[j], W2[k]), p)
-                _sum_out(x, t, k, u2, s1, v2, s2, b2)
+            if j + 3 * h < E:
+                u = _dot(a[t], (W1[j], W1[j + h], W1[j + 2 * h], W1[j + 3 * h]), p)
+                v = _dot(hidden[t], (W2[j], W2[j + h], W2[j + 2 * h], W2[j + 3 * h]), p)
+                for r in range(4):
+                    _sum_out(x, t, j + r * h, u[r], s1, v[r], s2, b2)
             else:
-                u = _dot(a[t], W1[j], p)
-                v = _dot(hidden[t], W2[j], p)
-            _sum_out(x, t, j, u, s1, v, s2, b2)
+                for r in range(4):
+                    k = j + r * h
+                    if k < E:
+                        _sum_out(x, t, k, _dot(a[t], W1[k], p), s1, _dot(hidden[t], W2[k], p), s2, b2)
 
 
 @njit(error_model="numpy", cache=True)
