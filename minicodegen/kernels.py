@@ -112,8 +112,12 @@ STREAM_MAX_T = 8
 # burst of prefetches per row, as before, gave int8 56.  Re-measured with two
 # rows per step (median of 4 runs each): int8 1/2/4/6 KiB 72.1/74.7/73.7/74.7,
 # bf16 1/2/4/8 KiB 43.3/44.2/43.4/42.9, float32 1/2/4 KiB 24.4/24.7/24.2 tok/s.
-PREFETCH_F32 = 2048
-PREFETCH_BF16 = 2048
+# Since four rows per step (see _gemv): the prefetches go to L2 (prefetcht1),
+# not L1, 4 KiB ahead for every type.  Paired runs of 64 tokens against L1 at
+# 2 / 2 / 4 KiB, 20 pairs: float32 1.018x (quartiles 1.013-1.029), bf16 1.010x,
+# int8 1.00x.  Non-temporal prefetches (prefetchnta) made decode 2.5x slower.
+PREFETCH_F32 = 4096
+PREFETCH_BF16 = 4096
 PREFETCH_INT8 = 4096
 
 # A float additive attention mask marks a key as masked when its value is at or
@@ -412,7 +416,8 @@ def _make_dot(kinds):
                     for wb in wbytes:
                         for line in range(itemsize):  # 64 elements = itemsize lines of 64 bytes
                             at = builder.gep(wb, [builder.add(base, ir.Constant(_I64, 64 * line))])
-                            builder.call(prefetch, [at, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                            # (read, locality 2 = prefetcht1: into L2, see PREFETCH_F32, data)
+                            builder.call(prefetch, [at, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
 
             def load_x(i):
                 return builder.load(builder.bitcast(builder.gep(xp, [i]), vx.as_pointer()), align=1)
