@@ -324,9 +324,10 @@ def _exp_f32(x):  # pragma: no cover - compiled
 # _dot(x, (w_a, w_b), pf) takes a tuple of rows and returns a tuple of dots,
 # each summed in exactly the order above (so equal, bit for bit, to one _dot per
 # row), in one loop that loads x once for all of them.  The matrix-vector
-# kernels pass two rows from far apart in W: one core then reads two streams
-# of memory at once, which kept more reads in flight (int8 rows: 12.5 -> 15 GB/s
-# on one core, 24 -> 29 GB/s on two; float32 rows gained little).
+# kernels pass four rows from far apart in W: one core then reads four streams
+# of memory at once, which keeps more reads in flight.  Two streams instead of
+# one took int8 rows from 12.5 to 15 GB/s on one core, 24 to 29 GB/s on two
+# (float32 rows gained little); four instead of two, see _gemv.
 # ---------------------------------------------------------------------------
 
 _LANES = 16
