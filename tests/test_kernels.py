@@ -244,25 +244,58 @@ def test_linear_memmap_and_layouts(tmp_path):
 
 
 @pytest.mark.parametrize("n", [1, 15, 16, 64, 100, 1024])
-def test_dot_of_two_rows_equals_two_dots(n):
-    """_dot(x, (w_a, w_b)) (the matrix-vector kernels read two rows per step) adds in the same
-    order as _dot(x, w_a) and _dot(x, w_b): equal bit for bit, for each weight format."""
+def test_dot_of_a_tuple_of_rows_equals_one_dot_per_row(n):
+    """_dot(x, (w_0, .., w_3)) (the matrix-vector kernels read four rows per step; two in earlier
+    versions) adds in the same order as _dot(x, w_r) for each row: equal bit for bit, for each
+    weight format."""
     from numba import njit
 
     @njit
-    def both(x, wa, wb):
-        u, v = K._dot(x, (wa, wb), 4096)
-        return u, v, K._dot(x, wa, 0), K._dot(x, wb, 4096)
+    def tuples(x, w0, w1, w2, w3):
+        u0, u1 = K._dot(x, (w0, w1), 4096)
+        v0, v1, v2, v3 = K._dot(x, (w0, w1, w2, w3), 4096)
+        return (u0, u1), (v0, v1, v2, v3), (K._dot(x, w0, 0), K._dot(x, w1, 4096), K._dot(x, w2, 0), K._dot(x, w3, 0))
 
     rng = np.random.default_rng(n)
     x = rng.standard_normal(n).astype(np.float32)
-    W = rng.standard_normal((2, n)).astype(np.float32)
-    for w, w0 in ((W, W[0]), (to_bf16(W), widen(to_bf16(W[0]))), (rng.integers(-127, 128, (2, n)).astype(np.int8), None)):
+    W = rng.standard_normal((4, n)).astype(np.float32)
+    for w, w0 in ((W, W[0]), (to_bf16(W), widen(to_bf16(W[0]))), (rng.integers(-127, 128, (4, n)).astype(np.int8), None)):
         xd = K._bf16_pair_order(x[None])[0] if w.dtype == np.uint16 else x  # (bf16 rows take x in pair order)
-        u, v, a, b = both(xd, w[0], w[1])
-        assert (u, v) == (a, b)
+        two, four, one = tuples(xd, w[0], w[1], w[2], w[3])
+        assert two == one[:2] and four == one
         w0 = w[0].astype(np.float64) if w0 is None else w0.astype(np.float64)
-        assert abs(a - x.astype(np.float64) @ w0) <= gamma(n + 2) * (np.abs(x) @ np.abs(w0)) + 1e-30
+        assert abs(one[0] - x.astype(np.float64) @ w0) <= gamma(n + 2) * (np.abs(x) @ np.abs(w0)) + 1e-30
+
+
+@settings(max_examples=30, deadline=None)
+@given(seeds, st.integers(1, 3), st.integers(1, 23), st.integers(1, 70), st.sampled_from(["float32", "bfloat16", "int8"]))
+def test_gemv_sum_into_equals_its_definition(seed, B, E, n_inner, dtype):
+    """The last loop of a decode step: x += a @ W1.T [* s1] + (hidden @ W2.T [* s2] + b2), four
+    output rows a step; E not a multiple of 4 takes the rows of the last steps one by one (the
+    model's E always is one, so only this test reaches that branch)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, E)).astype(np.float32)
+    a = rng.standard_normal((B, E)).astype(np.float32)
+    hidden = rng.standard_normal((B, n_inner)).astype(np.float32)
+    W1 = rng.standard_normal((E, E)).astype(np.float32)
+    W2 = rng.standard_normal((E, n_inner)).astype(np.float32)
+    b2 = rng.standard_normal(E).astype(np.float32)
+    s1 = s2 = None
+    if dtype == "bfloat16":
+        W1, W2 = to_bf16(W1), to_bf16(W2)
+        V1, V2 = widen(W1).astype(np.float64), widen(W2).astype(np.float64)
+    elif dtype == "int8":
+        W1, W2 = (rng.integers(-127, 128, W.shape).astype(np.int8) for W in (W1, W2))
+        s1, s2 = (rng.uniform(0.01, 0.1, E).astype(np.float32) for _ in range(2))
+        V1, V2 = W1 * s1[:, None].astype(np.float64), W2 * s2[:, None].astype(np.float64)
+    else:
+        V1, V2 = W1.astype(np.float64), W2.astype(np.float64)
+    want = x + a.astype(np.float64) @ V1.T + (hidden.astype(np.float64) @ V2.T + b2)
+    bound = (np.abs(x) + np.abs(a).astype(np.float64) @ np.abs(V1).T + np.abs(hidden).astype(np.float64) @ np.abs(V2).T
+             + np.abs(b2)) * gamma(max(E, n_inner) + 4)
+    got = x.copy()
+    K._gemv_sum_into(got, K._ro(a), K._ro(W1), K._ro(s1), K._ro(hidden), K._ro(W2), K._ro(s2), K._ro(b2), 4096)
+    assert np.all(np.abs(got - want) <= bound + 1e-30)
 
 
 def test_results_do_not_depend_on_thread_count():
