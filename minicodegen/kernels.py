@@ -512,9 +512,10 @@ def _dot_operand_impl(x, W):
 # Parallel over output rows; each W row is read from memory once and used for
 # all T rows of x while it sits in L1.  A step takes four rows a quarter of W
 # apart (j, j + h, j + 2h, j + 3h), so each thread streams four contiguous bands
-# of W at once: more streams for the hardware prefetchers to run ahead on.  With
-# two bands (j, j + h), paired runs of 64 decode tokens (350M shape, 16 pairs)
-# were slower: bf16 1.07x, int8 1.04x faster with four; float32 the same (0.99x).
+# of W at once: more streams for the hardware prefetchers to run ahead on.
+# Against two bands (j, j + h), in paired runs of 64 decode tokens (350M shape,
+# 16 pairs), four decoded bf16 1.07x and int8 1.04x as fast; float32 0.99x (the
+# same within noise).
 # `pf` > 0: _dot prefetches the cache lines `pf` bytes ahead of the ones it
 # works on (into the next rows), so that memory stays busy while the core
 # converts and multiplies (the hardware prefetcher alone left bf16/int8 rows
