@@ -7,7 +7,14 @@
 
 Exit codes: 0 success, 1 runtime error (missing file, unreachable hub, bad checkpoint),
 2 usage error (bad argument values), 130 interrupted. Expected failures print one line, no
-traceback.
+traceback (``convert``'s usage errors also print argparse's usage block).
+
+Every command line of the package is parsed here; the modules it calls (``checkpoint.convert``,
+``checkpoint.load_model``, ``golden.write_golden``, ``generation.stream``, ``generation.score``)
+take plain arguments. ``main`` takes the arguments as a list, so Python code and tests call a
+subcommand as the shell would::
+
+    main(["convert", "Salesforce/codegen-350M-mono", "-o", "codegen-350M-mono.npz", "--dtype", "int8"])  # -> 0
 """
 
 from __future__ import annotations
@@ -16,7 +23,12 @@ import argparse
 import math
 import os
 import sys
+import time
+from pathlib import Path
 from typing import Sequence
+
+from . import checkpoint, generation, golden, kernels
+from .model import Model
 
 DEFAULT_MODEL = "Salesforce/codegen-350M-mono"
 SUBCOMMANDS = ("convert", "score", "golden")
@@ -31,6 +43,9 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# ----------------------------------------------------------------------------- generate and score
 
 
 def positive_int(name: str):
@@ -107,14 +122,11 @@ def read_prompt(prompt: str | None) -> str:
     return prompt
 
 
-def load_model(name: str, threads: int | None, in_memory: bool = False):
+def load_model(name: str, threads: int | None, in_memory: bool = False) -> Model:
     """The model, with the kernels' thread count set; loading errors become RuntimeError."""
-    from . import kernels
-    from .model import load
-
     if threads is not None:
         kernels.set_threads(threads)
-    return load(name, mapped=not in_memory)  # an unreachable hub raises HubUnreachableError, which names --model PATH and --model tiny
+    return checkpoint.load_model(name, mapped=not in_memory)  # an unreachable hub raises HubUnreachableError, which names --model PATH and --model tiny
 
 
 def run_generate(argv: Sequence[str]) -> int:
@@ -123,16 +135,15 @@ def run_generate(argv: Sequence[str]) -> int:
     prompt = read_prompt(a.prompt)
     if prompt == "":
         raise UsageError("the prompt is empty")
-    from .generation import stream
-
     model = load_model(a.model, a.threads, a.in_memory)
     stats: dict[str, float] = {}
     out = sys.stdout
     out.write(prompt)
     out.flush()
-    for piece in stream(model, prompt, max_new_tokens=a.max_new_tokens, temperature=0.0 if a.greedy else a.temperature,
-                        top_k=a.top_k, top_p=a.top_p, repetition_penalty=a.repetition_penalty, seed=a.seed,
-                        stop=a.stop, truncate=not a.no_truncate, stats=stats):  # fmt: skip
+    temperature = 0.0 if a.greedy else a.temperature
+    for piece in generation.stream(model, prompt, max_new_tokens=a.max_new_tokens, temperature=temperature,
+                                   top_k=a.top_k, top_p=a.top_p, repetition_penalty=a.repetition_penalty, seed=a.seed,
+                                   stop=a.stop, truncate=not a.no_truncate, stats=stats):  # fmt: skip
         out.write(piece)
         out.flush()
     out.write("\n")
@@ -155,24 +166,154 @@ def run_score(argv: Sequence[str]) -> int:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise RuntimeError(f"cannot read {a.file}: {e}") from None
-    from .generation import score
-
     model = load_model(a.model, a.threads, a.in_memory)
-    s = score(model, text)
+    s = generation.score(model, text)
     scored = sum(1 for x in s.logprobs if x == x)  # not NaN
     print(f"tokens: {len(s.tokens)}, scored: {scored}, mean NLL: {s.nll:.4f} nats/token, perplexity: {math.exp(s.nll):.3f}")
     return 0
 
 
+# ----------------------------------------------------------------------------- convert
+
+
+def convert_parser() -> argparse.ArgumentParser:
+    """Plain argparse: a usage error prints the usage block and ``minicodegen convert: error: ...``."""
+    p = argparse.ArgumentParser(
+        prog="minicodegen convert",
+        description="Convert a CodeGen checkpoint (directory, .npz, or hub id) into one self-contained .npz.",
+    )
+    p.add_argument("src", help="checkpoint directory, .npz, or hub id such as Salesforce/codegen-350M-mono")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="the .npz to write")
+    p.add_argument("--dtype", choices=checkpoint.DTYPES, default="float32", help="storage of the 2-D weights (default float32)")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    return p
+
+
+def run_convert(argv: Sequence[str]) -> int:
+    """``minicodegen convert SRC -o OUT.npz [--dtype ...] [--force]``: 0 ok, 1 error, 2 usage, 130 interrupted."""
+    try:
+        args = convert_parser().parse_args(list(argv))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+    progress = _progress_line if sys.stderr.isatty() else None
+    t0 = time.perf_counter()
+    try:
+        out = checkpoint.convert(args.src, args.output, args.dtype, args.force, log=progress)
+    except (ValueError, OSError, RuntimeError) as e:
+        if progress:
+            print(file=sys.stderr)
+        print(f"minicodegen convert: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nminicodegen convert: interrupted; nothing written", file=sys.stderr)
+        return 130
+    if progress:
+        print(file=sys.stderr)
+    size = out.stat().st_size
+    print(f"wrote {out} ({size / 1e6:.1f} MB, {args.dtype}) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _progress_line(msg: str) -> None:
+    print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- golden
+
+
+class GoldenUsageError(Exception):
+    """A bad ``golden`` command line: reported as ``minicodegen golden: error: ... (see --help)``, exit code 2."""
+
+
+class GoldenParser(argparse.ArgumentParser):
+    """argparse whose usage error is one line (run_golden words it), without the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise GoldenUsageError(message)
+
+
+def golden_parser() -> GoldenParser:
+    p = GoldenParser(
+        prog="minicodegen golden",
+        description="Write a golden file: every intermediate of a forward pass over PROMPT, then N greedy "
+        "steps (format: docs/golden.md).",
+    )
+    p.add_argument("--model", required=True, help="checkpoint directory, .npz, hub id or 'tiny'")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text (tokenized with the model's tokenizer)")
+    src.add_argument("--ids", help="prompt as comma-separated token ids, e.g. 4299,277,33529")
+    p.add_argument("-o", "--output", required=True, help="the .npz to write")
+    p.add_argument("--steps", type=int, default=0, help="greedy steps after the prompt (default 0)")
+    p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    return p
+
+
+def run_golden(argv: Sequence[str]) -> int:
+    """``minicodegen golden ...``; ``argv`` is what follows ``golden``.
+
+    Returns the exit code: 0 written, 2 usage error, 1 runtime error (missing model, prompt that
+    does not fit, output exists without --force, ...), 130 interrupted. Errors are one line on stderr.
+    """
+    prog = "minicodegen golden"
+    try:
+        args = golden_parser().parse_args(list(argv))
+    except GoldenUsageError as e:
+        print(f"{prog}: error: {e} (see --help)", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+
+    prompt: str | list[int]
+    if args.ids is not None:
+        try:
+            prompt = [int(s) for s in args.ids.replace(" ", "").split(",") if s]
+        except ValueError:
+            print(f"{prog}: error: --ids must be comma-separated integers, got {args.ids!r}", file=sys.stderr)
+            return 2
+        if not prompt:
+            print(f"{prog}: error: --ids is empty", file=sys.stderr)
+            return 2
+    else:
+        prompt = args.prompt
+        if not prompt:
+            print(f"{prog}: error: --prompt is empty", file=sys.stderr)
+            return 2
+    if args.steps < 0:
+        print(f"{prog}: error: --steps must be >= 0, got {args.steps}", file=sys.stderr)
+        return 2
+
+    out = Path(args.output)
+    try:
+        if out.exists() and not args.force:
+            raise ValueError(f"{out} exists (pass --force to overwrite)")
+        if not out.parent.is_dir():
+            raise ValueError(f"cannot write {out}: directory {out.parent} does not exist")
+        model = checkpoint.load_model(args.model, fast=False)
+        arrays = golden.write_golden(model, prompt, out, steps=args.steps)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, KeyError, RuntimeError, MemoryError) as e:  # RuntimeError: hub unreachable
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 1
+    T = arrays["input_ids"].shape[0]
+    print(f"wrote {out}: {len(arrays)} arrays, {T} prompt tokens, {args.steps} greedy steps", file=sys.stderr)
+    worst = golden.ill_conditioned(arrays)
+    if worst is not None:
+        print(f"{prog}: warning: float32 rounding moves {worst[0]} by {worst[1]:.1%} of its largest value: this model "
+              f"amplifies rounding, so comparisons from there on are loose (docs/golden.md, Tolerance)", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
 def dispatch(argv: Sequence[str]) -> int:
     if argv and argv[0] == "convert":
-        from .checkpoint import convert_main
-
-        return convert_main(list(argv[1:]))
+        return run_convert(argv[1:])
     if argv and argv[0] == "golden":
-        from .golden import golden_main
-
-        return golden_main(list(argv[1:]))
+        return run_golden(argv[1:])
     if argv and argv[0] == "score":
         return run_score(argv[1:])
     return run_generate(argv)

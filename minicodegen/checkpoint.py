@@ -31,7 +31,6 @@ is honoured) and converted once to ``<cache>/<org>--<name>.npz`` (float32), wher
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import io
@@ -44,7 +43,6 @@ import re
 import secrets
 import struct
 import sys
-import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -815,47 +813,3 @@ def load_model(path_or_id: str | os.PathLike, fast: bool = True, mapped: bool = 
     cfg, weights, tok = read_checkpoint(path, mapped=mapped)
     weights = {k: _for_model(w) for k, w in checked_weights(cfg, weights, str(path)).items()}
     return Model(cfg, weights, tokenizer_from_files(tok, str(path)), fast=fast, source=str(path))
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="minicodegen convert",
-        description="Convert a CodeGen checkpoint (directory, .npz, or hub id) into one self-contained .npz.",
-    )
-    p.add_argument("src", help="checkpoint directory, .npz, or hub id such as Salesforce/codegen-350M-mono")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="the .npz to write")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="storage of the 2-D weights (default float32)")
-    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    return p
-
-
-def convert_main(argv: list[str]) -> int:
-    """``minicodegen convert SRC -o OUT.npz [--dtype ...] [--force]``: 0 ok, 1 error, 2 usage."""
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 2
-    progress = _progress_line if sys.stderr.isatty() else None
-    t0 = time.perf_counter()
-    try:
-        out = convert(args.src, args.output, args.dtype, args.force, log=progress)
-    except (ValueError, OSError, RuntimeError) as e:
-        if progress:
-            print(file=sys.stderr)
-        print(f"minicodegen convert: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nminicodegen convert: interrupted; nothing written", file=sys.stderr)
-        return 130
-    if progress:
-        print(file=sys.stderr)
-    size = out.stat().st_size
-    print(f"wrote {out} ({size / 1e6:.1f} MB, {args.dtype}) in {time.perf_counter() - t0:.1f} s")
-    return 0
-
-
-def _progress_line(msg: str) -> None:
-    print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)

@@ -22,17 +22,16 @@ float32, for one sequence (no batch axis in the file).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from . import ops
+from .checkpoint import atomic_output
 from .model import Model, config_to_dict, dequantize, embed, forward, new_cache
 
 # Bumped whenever a name, shape or meaning in the file changes (docs/golden.md says what each
@@ -306,100 +305,10 @@ def write_golden(model: Model, prompt: str | Sequence[int], path: str | os.PathL
     same directory and renamed into place, so ``path`` is either the old file or the complete new
     one, never a partial write.
     """
-    from .checkpoint import atomic_output
-
     arrays = golden_arrays(model, prompt, steps)
     with atomic_output(Path(path), force=True) as f:
         np.savez(f, **arrays)
     return arrays
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage dump; golden_main returns 2
-        raise _UsageError(message)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="minicodegen golden",
-        description="Write a golden file: every intermediate of a forward pass over PROMPT, then N greedy "
-        "steps (format: docs/golden.md).",
-    )
-    p.add_argument("--model", required=True, help="checkpoint directory, .npz, hub id or 'tiny'")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", help="prompt text (tokenized with the model's tokenizer)")
-    src.add_argument("--ids", help="prompt as comma-separated token ids, e.g. 4299,277,33529")
-    p.add_argument("-o", "--output", required=True, help="the .npz to write")
-    p.add_argument("--steps", type=int, default=0, help="greedy steps after the prompt (default 0)")
-    p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
-    return p
-
-
-def golden_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m minicodegen golden ...``; ``argv`` is what follows ``golden``.
-
-    Returns the exit code: 0 written, 2 usage error, 1 runtime error (missing model, prompt that
-    does not fit, output exists without --force, ...). Errors are one line on stderr.
-    """
-    prog = "minicodegen golden"
-    try:
-        args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    except _UsageError as e:
-        print(f"{prog}: error: {e} (see --help)", file=sys.stderr)
-        return 2
-    except SystemExit as e:  # --help
-        return int(e.code or 0)
-
-    prompt: str | list[int]
-    if args.ids is not None:
-        try:
-            prompt = [int(s) for s in args.ids.replace(" ", "").split(",") if s]
-        except ValueError:
-            print(f"{prog}: error: --ids must be comma-separated integers, got {args.ids!r}", file=sys.stderr)
-            return 2
-        if not prompt:
-            print(f"{prog}: error: --ids is empty", file=sys.stderr)
-            return 2
-    else:
-        prompt = args.prompt
-        if not prompt:
-            print(f"{prog}: error: --prompt is empty", file=sys.stderr)
-            return 2
-    if args.steps < 0:
-        print(f"{prog}: error: --steps must be >= 0, got {args.steps}", file=sys.stderr)
-        return 2
-
-    out = Path(args.output)
-    try:
-        if out.exists() and not args.force:
-            raise ValueError(f"{out} exists (pass --force to overwrite)")
-        if not out.parent.is_dir():
-            raise ValueError(f"cannot write {out}: directory {out.parent} does not exist")
-        from .model import load
-
-        model = load(args.model, fast=False)
-        arrays = write_golden(model, prompt, out, steps=args.steps)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except (OSError, ValueError, KeyError, RuntimeError, MemoryError) as e:  # RuntimeError: hub unreachable
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"{prog}: error: {msg}", file=sys.stderr)
-        return 1
-    T = arrays["input_ids"].shape[0]
-    print(f"wrote {out}: {len(arrays)} arrays, {T} prompt tokens, {args.steps} greedy steps", file=sys.stderr)
-    worst = ill_conditioned(arrays)
-    if worst is not None:
-        print(f"{prog}: warning: float32 rounding moves {worst[0]} by {worst[1]:.1%} of its largest value: this model "
-              f"amplifies rounding, so comparisons from there on are loose (docs/golden.md, Tolerance)", file=sys.stderr)
-    return 0
 
 
 def ill_conditioned(golden: dict[str, np.ndarray], threshold: float = 1e-3) -> tuple[str, float] | None:

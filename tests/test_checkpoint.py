@@ -31,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pytest
 
+from minicodegen import __main__ as cli
 from minicodegen import checkpoint as ck
 
 torch = pytest.importorskip("torch")
@@ -564,15 +565,15 @@ def test_killed_conversion_leaves_no_output(checkpoints, tmp_path):
 
 def test_convert_main(checkpoints, tmp_path, capsys):
     src = str(checkpoints["bin-fp16"][0])
-    assert ck.convert_main([src]) == 2  # -o missing
-    assert ck.convert_main([src, "-o", str(tmp_path / "a.npz"), "--dtype", "float8"]) == 2
+    assert cli.main(["convert", src]) == 2  # -o missing
+    assert cli.main(["convert", src, "-o", str(tmp_path / "a.npz"), "--dtype", "float8"]) == 2
     capsys.readouterr()
-    assert ck.convert_main([src, "-o", str(tmp_path / "a.npz"), "--dtype", "bfloat16"]) == 0
+    assert cli.main(["convert", src, "-o", str(tmp_path / "a.npz"), "--dtype", "bfloat16"]) == 0
     assert re.match(r"wrote .*a\.npz \([\d.]+ MB, bfloat16\) in [\d.]+ s\n$", capsys.readouterr().out)
-    assert ck.convert_main([src, "-o", str(tmp_path / "a.npz")]) == 1
+    assert cli.main(["convert", src, "-o", str(tmp_path / "a.npz")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already exists" in err and "--force" in err
-    assert ck.convert_main([str(tmp_path / "nope"), "-o", str(tmp_path / "b.npz")]) == 1
+    assert cli.main(["convert", str(tmp_path / "nope"), "-o", str(tmp_path / "b.npz")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such file" in err and "Traceback" not in err
 

@@ -6,7 +6,7 @@
 
 import sys
 
-from minicodegen.checkpoint import convert_main
+from minicodegen.__main__ import main
 
 if __name__ == "__main__":
-    sys.exit(convert_main(sys.argv[1:]))
+    sys.exit(main(["convert", *sys.argv[1:]]))
