@@ -5,6 +5,8 @@
 >>> minicodegen.generate(model, "def f():", max_new_tokens=16)     # doctest: +SKIP
 """
 
+from __future__ import annotations
+
 import os as _os
 
 # OpenBLAS (NumPy's BLAS, used for prompts) keeps its worker threads spinning for up to 2^28
@@ -15,8 +17,18 @@ import os as _os
 # environment wins.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+from .checkpoint import load_model as _load_model  # noqa: E402
 from .generation import generate, score, stream  # noqa: E402
-from .model import Config, Model, forward, load, new_cache  # noqa: E402
+from .model import Config, Model, forward, new_cache  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
+
+
+def load(path: str | _os.PathLike, fast: bool = True, mapped: bool = True) -> Model:
+    """Loads a model from a checkpoint directory, a converted ``.npz``, a hub id or ``"tiny"``.
+
+    ``mapped=False``: read a ``.npz`` into memory rather than mapping it (slower to load, faster
+    to decode; see checkpoint.load_model)."""
+    return _load_model(path, fast=fast, mapped=mapped)
+
 
 __all__ = ["Config", "Model", "Tokenizer", "forward", "generate", "load", "new_cache", "score", "stream"]

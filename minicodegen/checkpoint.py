@@ -52,7 +52,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .model import Config, Model, check_weights, config_from_dict, config_to_dict, dequantize, read_config
+from .model import Config, Model, check_weights, config_from_dict, config_to_dict, dequantize
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "added_tokens.json", "tokenizer.json")
@@ -320,6 +320,16 @@ def read_weight_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if path.suffix == ".safetensors":
         return read_safetensors(path)
     return read_torch_bin(path)
+
+
+def read_config(path: str | os.PathLike) -> Config:
+    """Reads a Hugging Face ``config.json``: ValueError if it cannot be read or is not a CodeGen config."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read config: {e}") from None
+    return config_from_dict(d, str(path))
 
 
 def read_tokenizer_files(directory: str | os.PathLike) -> dict[str, bytes]:

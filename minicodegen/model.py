@@ -17,10 +17,7 @@ Weights are plain arrays. Norms and biases are float32. A matrix is stored [n_ou
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -426,23 +423,3 @@ class Model:
     def logits(self, input_ids: Any, attention_mask: Any = None, position_ids: Any = None) -> np.ndarray:
         """int [B, T] (or [T]) -> float32 [B, T, vocab]. A mask (1 token, 0 left padding) sets positions."""
         return forward(self, input_ids, attention_mask, position_ids)
-
-
-def load(path: str | os.PathLike, fast: bool = True, mapped: bool = True) -> Model:
-    """Loads a model from a checkpoint directory, a converted ``.npz``, a hub id or ``"tiny"``.
-
-    ``mapped=False``: read a ``.npz`` into memory rather than mapping it (slower to load, faster
-    to decode; see checkpoint.load_model)."""
-    from . import checkpoint
-
-    return checkpoint.load_model(path, fast=fast, mapped=mapped)
-
-
-def read_config(path: str | os.PathLike) -> Config:
-    """Reads a Hugging Face ``config.json``."""
-    path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read config: {e}") from None
-    return config_from_dict(d, str(path))

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import minicodegen
 from minicodegen import model as M
+from minicodegen.checkpoint import read_config
 
 VOCAB = 1000
 SMALL = {name: dict(kw, vocab_size=VOCAB, bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1) for name, kw in CONFIGS.items()}
@@ -162,7 +163,7 @@ def test_bad_config_is_named(tmp_path, pair):
     d = M.config_to_dict(model.config) | {"activation_function": "relu"}
     (tmp_path / "config.json").write_text(json.dumps(d))
     with pytest.raises(ValueError, match=r"config.json: activation_function 'relu' is not supported"):
-        M.read_config(tmp_path / "config.json")
+        read_config(tmp_path / "config.json")
     del d["n_layer"]
     with pytest.raises(ValueError, match="missing field.*n_layer"):
         M.config_from_dict(d, "x.json")
