@@ -25,9 +25,11 @@ checkpoints add 38 tokens for runs of 2..31 spaces and 2..9 tabs, so indentation
 Two details that exactness needs and that are easy to get wrong:
 - The legacy (pure Python) transformers tokenizer deletes the newline before an added indent
   token (transformers issue #21161); the Rust one does not, and neither do we.
-- The Rust library's regex engine (Oniguruma) knows Unicode 16.0, while the `regex` package
-  knows Unicode 17.0. The letters and digits that Unicode 17.0 added are taken out of
-  `\\p{L}` / `\\p{N}` (see `UNICODE_17_LETTERS_DIGITS`) so both split text the same way.
+- The Rust library's regex engine (Oniguruma) and the `regex` package carry Unicode tables of
+  their own, which differ (and move with releases). The pattern's letter, digit and space
+  classes are therefore explicit code-point ranges read from `tokenizers` (`split_classes`,
+  `stand_ins`), not the engine's \\p{L} / \\p{N} / \\s, so the ids do not depend on the
+  `regex` release.
 """
 from __future__ import annotations
 
@@ -98,25 +100,64 @@ def to_alphabet(word: str) -> str:
 GPT2_SPLIT_PATTERN = (
     r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 
-# Letters (L) and digits (N) that Unicode 17.0 added: 4,657 code points, 26 ranges. The Rust
-# tokenizer's Oniguruma (Unicode 16.0) sees them as unassigned, i.e. "other" symbols, so we
-# remove them from \p{L} and \p{N}. `tests/test_tokenizer.py` checks every code point, so a
-# change of Unicode version on either side shows up there.
-UNICODE_17_LETTERS_DIGITS = (
-    r"\u088F\u0C5C\u0CDC\uA7CE\uA7CF\uA7D2\uA7D4\uA7F1\U00010940-\U00010959"
-    r"\U00010EC5-\U00010EC7\U00011DB0-\U00011DDB\U00011DE0-\U00011DE9\U00016EA0-\U00016EB8"
-    r"\U00016EBB-\U00016ED3\U00016FF2-\U00016FF6\U000187F8-\U000187FF\U00018D09-\U00018D1E"
-    r"\U00018D80-\U00018DF2\U0001E6C0-\U0001E6DE\U0001E6E0-\U0001E6E2\U0001E6E4-\U0001E6E5"
-    r"\U0001E6E7-\U0001E6ED\U0001E6F0-\U0001E6F4\U0001E6FE-\U0001E6FF\U0002B73A-\U0002B73F"
-    r"\U0002CEA2-\U0002CEAD\U000323B0-\U00033479"
-)
-# Set difference "--" needs regex.VERSION1; ASCII is listed first because it is checked fastest
-# (with it the pattern runs almost as fast as plain \p{L}, without it 40% slower).
-_L = r"[a-zA-Z[\p{L}--[%s]]]" % UNICODE_17_LETTERS_DIGITS
-_N = r"[0-9[\p{N}--[%s]]]" % UNICODE_17_LETTERS_DIGITS
-# GPT2_SPLIT_PATTERN with _L for \p{L} and _N for \p{N}:
-SPLIT_PATTERN = rf"""'s|'t|'re|'ve|'m|'ll|'d| ?{_L}+| ?{_N}+| ?[^\s{_L}{_N}]+|\s+(?!\S)|\s+"""
-SPLIT_RE = regex.compile(SPLIT_PATTERN, regex.VERSION1)
+
+def split_classes() -> dict[str, list[list[int]]]:
+    """The code points that the reference tokenizer counts as letters, digits and white space.
+
+    The three Unicode classes of the pattern (\\p{L}, \\p{N}, \\s) depend on the Unicode tables of
+    the regex engine, and Hugging Face's (Oniguruma, inside `tokenizers`) and the `regex`
+    package's move at different times: a `regex` release with a newer Unicode makes letters of
+    code points that `tokenizers` still treats as symbols, and text holding them splits
+    differently. So the classes ship as explicit inclusive ranges, read from `tokenizers` code
+    point by code point by `tools/make_split_classes.py`, and the engine's tables are never
+    asked: any `regex` release gives the same words.
+
+    >>> classes = split_classes()
+    >>> classes["digit"][0], classes["space"][:3]
+    ([48, 57], [[9, 13], [32, 32], [133, 133]])
+    """
+    path = resources.files("minicodegen") / "data" / "gpt2-split-classes.json"
+    return {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items()
+            if k in ("letter", "digit", "space")}
+
+
+def stand_ins(classes: dict[str, list[list[int]]]) -> str:
+    """A str of 0x110000 ASCII chars, one per code point: what the splitter sees in its place.
+
+    ASCII stands for itself; any other letter becomes "a", digit "0", white space "\\t" and
+    anything else "!". Each stand-in is in its code point's class and plays no other part in
+    the pattern ("a" starts no contraction, "\\t" is not the literal space of " ?"), so the
+    stand-in text splits at the same offsets as the text, with a pattern of ASCII classes only.
+    (Large classes of explicit ranges make `regex` 8x slower; property classes would bring
+    back the engine's Unicode tables.)
+
+    >>> table = stand_ins(split_classes())
+    >>> "x = é² + ٣ 😀\\u3000".translate(table)
+    'x = a0 + 0 !\\t'
+    """
+    table = bytearray(b"!" * 0x110000)
+    table[:128] = bytes(range(128))
+    for name, char in (("letter", b"a"), ("digit", b"0"), ("space", b"\t")):
+        for first, last in classes[name]:
+            first = max(first, 128)
+            if first <= last:
+                table[first:last + 1] = char * (last - first + 1)
+    return table.decode("ascii")
+
+
+def _ascii_class(ranges: list[list[int]]) -> str:
+    """The ASCII part of a class, for inside [...]: [[48, 57], [178, 178]] -> "\\x30-\\x39"."""
+    return "".join(rf"\x{a:02x}-\x{min(b, 127):02x}" for a, b in ranges if a < 128)
+
+
+_CLASSES = split_classes()
+STAND_INS = stand_ins(_CLASSES)
+_L, _N, _S = (_ascii_class(_CLASSES[k]) for k in ("letter", "digit", "space"))
+# GPT2_SPLIT_PATTERN over ASCII (the text's stand-ins): \p{L} -> [_L], \p{N} -> [_N], \s -> [_S],
+# and (?!\S), "not followed by a non-space", -> (?![^_S]).
+SPLIT_PATTERN = (rf"""'s|'t|'re|'ve|'m|'ll|'d| ?[{_L}]+| ?[{_N}]+| ?[^{_S}{_L}{_N}]+"""
+                 rf"""|[{_S}]+(?![^{_S}])|[{_S}]+""")
+SPLIT_RE = regex.compile(SPLIT_PATTERN)
 
 
 def pre_tokenize(text: str) -> list[str]:
@@ -124,8 +165,12 @@ def pre_tokenize(text: str) -> list[str]:
 
     >>> pre_tokenize("def f(x):\\n    return x's   1")
     ['def', ' f', '(', 'x', '):', '\\n   ', ' return', ' x', "'s", '  ', ' 1']
+    >>> pre_tokenize("naïve²=١")
+    ['naïve', '²', '=', '١']
     """
-    return SPLIT_RE.findall(text)
+    if text.isascii():
+        return SPLIT_RE.findall(text)
+    return [text[m.start():m.end()] for m in SPLIT_RE.finditer(text.translate(STAND_INS))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,7 +584,7 @@ class Tokenizer:
                 if j % 2:
                     words.append(piece)
                 else:
-                    words += SPLIT_RE.findall(piece)
+                    words += pre_tokenize(piece)
         return words
 
     def encode_ordinary(self, text: str) -> list[int]:
@@ -549,7 +594,7 @@ class Tokenizer:
         [220, 2124]
         """
         # Not through the word cache: it maps the added tokens' text ("  ") to their ids.
-        return [self.vocab[t] for word in SPLIT_RE.findall(text) for t in bpe(to_alphabet(word), self.ranks)]
+        return [self.vocab[t] for word in pre_tokenize(text) for t in bpe(to_alphabet(word), self.ranks)]
 
     def _ids(self, words: list[str]) -> list[int]:
         # The cache maps a word (raw text) to its ids and starts with every added token, so
