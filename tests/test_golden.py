@@ -5,8 +5,8 @@
    C loop does), no KV cache (each greedy step recomputes the whole sequence). It reads the
    checkpoint's config.json and model.safetensors itself and imports nothing from minicodegen.
 2. ``hf_golden``: the same arrays taken out of transformers' CodeGenForCausalLM: forward hooks
-   on its modules, ``output_attentions`` for the attention probabilities, and transformers' own
-   split/rotary functions on the hooked qkv projection.
+   on its modules, ``output_attentions`` for the attention probabilities, and transformers'
+   public rotary functions on the hooked qkv projection (no private attribute of transformers).
 
 Both must agree with the golden file within the tolerance docs/golden.md gives a port.
 """
@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 from conftest import CONFIGS
 
+from minicodegen.__main__ import main
 from minicodegen.golden import (
-    ATOL, K, RTOL, compare, deviations, golden_arrays, golden_main, golden_names, read_golden, tolerance, write_golden,
+    ATOL, K, RTOL, compare, deviations, golden_arrays, golden_names, read_golden, tolerance, write_golden,
 )
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "golden.md"
@@ -219,11 +220,21 @@ def test_naive_port_reproduces_ids_golden(name, checkpoint_factory, tmp_path):
 # ----------------------------------------------------------------------------- 2. transformers
 
 
-def hf_golden(hf, ids: list[int], step_ids: list[int]) -> dict:
-    """The golden arrays out of transformers' CodeGenForCausalLM (fp32, eval mode)."""
-    import torch
-    from transformers.models.codegen import modeling_codegen as mc
+def hf_golden(path, ids: list[int], step_ids: list[int]) -> dict:
+    """The golden arrays out of transformers' CodeGenForCausalLM (fp32, eval mode) for the
+    checkpoint at `path`, loaded with eager attention: the only implementation that returns
+    attention probabilities in every transformers release (sdpa returns none since 5.24).
 
+    Only public behaviour: forward hooks on the modules, ``output_attentions``, the logits, and
+    the module-level functions ``create_sinusoidal_positions`` and ``apply_rotary_pos_emb`` of
+    ``modeling_codegen``. The q / k / v arrays, which no module outputs, are replayed from the
+    hooked qkv projection; the replay must give back the attention probabilities transformers
+    returned, so it cannot drift from what the model computes."""
+    import torch
+    from transformers import CodeGenForCausalLM
+    from transformers.models.codegen.modeling_codegen import apply_rotary_pos_emb, create_sinusoidal_positions
+
+    hf = CodeGenForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     cfg = hf.config
     E, H = cfg.n_embd, cfg.n_head
     D = E // H
@@ -254,45 +265,45 @@ def hf_golden(hf, ids: list[int], step_ids: list[int]) -> dict:
     finally:
         for h in hooks:
             h.remove()
+    assert len(res.attentions) == cfg.n_layer
     with torch.no_grad():  # greedy steps given the golden ids: the logits at the last N positions
         full = hf(torch.tensor([ids + step_ids[:-1]]), use_cache=False).logits[0] if step_ids else None
 
-    T = len(ids)
-    pos = torch.arange(T)[None]
-    sincos = tr.h[0].attn.embed_positions[pos]  # [1, T, R]: transformers' table
+    T, R = len(ids), cfg.rotary_dim
+    sincos = create_sinusoidal_positions(cfg.n_positions, R)[torch.arange(T)][None]  # [1, T, R]: transformers' table
     got |= {"input_ids": np.array(ids), "position_ids": np.arange(T), "sincos": sincos[0].numpy()}
     got["logits"] = res.logits[0].numpy()
     got["step_logits"] = full[T - 1 :].numpy().reshape(len(step_ids), -1) if step_ids else np.zeros((0, cfg.vocab_size), F32)
     got["step_ids"] = got["step_logits"].argmax(-1)
     sin, cos = torch.split(sincos, sincos.shape[-1] // 2, dim=-1)
-    for i, blk in enumerate(tr.h):
-        p, attn = f"h.{i}.", blk.attn
+    causal = torch.ones(T, T, dtype=torch.bool).triu(1)
+    for i in range(len(tr.h)):
+        p = f"h.{i}."
         got[p + "attn_probs"] = res.attentions[i][0].numpy()
-        # transformers' own steps (CodeGenAttention.forward), on the hooked qkv projection
-        qkv = torch.from_numpy(got[p + "qkv"])[None]
-        query, value, key = torch.split(qkv.reshape(qkv.shape[:-1] + (4, -1)), D * H // 4, dim=-1)
-        query, key, value = (attn._split_heads(t, H, D, mp_num=4) for t in (query, key, value))
-        R = attn.rotary_dim
-        q_rot = torch.cat([mc.apply_rotary_pos_emb(query[..., :R], sin, cos), query[..., R:]], dim=-1)
-        k_rot = torch.cat([mc.apply_rotary_pos_emb(key[..., :R], sin, cos), key[..., R:]], dim=-1)
+        # CodeGen's qkv layout (mp_num = 4 blocks of [q | v | k]), on the hooked qkv projection
+        qkv = torch.from_numpy(got[p + "qkv"])[None]  # [1, T, 3E]
+        query, value, key = torch.split(qkv.reshape(1, T, 4, 3 * E // 4), E // 4, dim=-1)
+        query, key, value = (t.reshape(1, T, H, D) for t in (query, key, value))
+        q_rot = torch.cat([apply_rotary_pos_emb(query[..., :R], sin, cos), query[..., R:]], dim=-1)
+        k_rot = torch.cat([apply_rotary_pos_emb(key[..., :R], sin, cos), key[..., R:]], dim=-1)
         got |= {p + n: t[0].numpy() for n, t in dict(q_split=query, k_split=key, v=value, q=q_rot, k=k_rot).items()}
-        # the replay is faithful: it gives back the attention probabilities transformers returned
-        mask = torch.full((T, T), torch.finfo(torch.float32).min).triu(1)
-        _, probs = attn._attn(q_rot.permute(0, 2, 1, 3), k_rot.permute(0, 2, 1, 3), value.permute(0, 2, 1, 3), mask)
+        # the replay is faithful: softmax(q k^T / sqrt(D), causal) is what transformers returned
+        scores = (q_rot.transpose(1, 2) @ k_rot.permute(0, 2, 3, 1)) / math.sqrt(D)
+        probs = scores.masked_fill(causal, float("-inf")).softmax(-1)
         assert np.abs(probs[0].numpy() - got[p + "attn_probs"]).max() <= 1e-6
     return got
 
 
 def test_transformers_intermediates_match_text_golden(text_golden):
-    hf, _, golden = text_golden
-    theirs = hf_golden(hf, golden["input_ids"].tolist(), golden["step_ids"].tolist())
+    _, path, golden = text_golden
+    theirs = hf_golden(path, golden["input_ids"].tolist(), golden["step_ids"].tolist())
     assert set(theirs) == set(golden) - {"format_version", "config", "prompt", "deviation"}
     assert_within_tolerance(golden, theirs)
 
 
 def test_transformers_intermediates_match_ids_golden(ids_golden):
-    hf, _, golden = ids_golden
-    assert_within_tolerance(golden, hf_golden(hf, golden["input_ids"].tolist(), golden["step_ids"].tolist()))
+    _, path, golden = ids_golden
+    assert_within_tolerance(golden, hf_golden(path, golden["input_ids"].tolist(), golden["step_ids"].tolist()))
 
 
 def test_greedy_steps_match_transformers_generate(text_golden):
@@ -323,7 +334,7 @@ def test_ill_conditioned_model_within_tolerance(tmp_path):
     worst = max(dev[n] / float(np.abs(golden[n]).max()) for n in dev if golden[n].size)
     assert worst > 3 * RTOL  # the fixed part of the bound alone would not do
     assert dev["h.0.residual"] < RTOL * float(np.abs(golden["h.0.residual"]).max())  # tight where bugs first show
-    assert_within_tolerance(golden, hf_golden(hf, ids, golden["step_ids"].tolist()))
+    assert_within_tolerance(golden, hf_golden(tmp_path / "sharp", ids, golden["step_ids"].tolist()))
     assert_within_tolerance(golden, naive_golden(tmp_path / "sharp", golden))
 
 
@@ -442,12 +453,12 @@ def test_steps_past_n_positions_rejected(checkpoint_factory):
 def test_cli_writes_golden(checkpoint_factory, tmp_path, capsys):
     _, path = checkpoint_factory("golden-text", **TEXT)
     out = tmp_path / "golden.npz"
-    assert golden_main(["--model", str(path), "--prompt", "def f():", "-o", str(out), "--steps", "3"]) == 0
+    assert main(["golden", "--model", str(path), "--prompt", "def f():", "-o", str(out), "--steps", "3"]) == 0
     g = read_golden(out)
     assert g["input_ids"].tolist() == [4299, 277, 33529] and g["step_ids"].shape == (3,)
     assert "wrote" in capsys.readouterr().err
     # ids instead of text; --force to overwrite
-    assert golden_main(["--model", str(path), "--ids", "1, 2,3", "-o", str(out), "--force"]) == 0
+    assert main(["golden", "--model", str(path), "--ids", "1, 2,3", "-o", str(out), "--force"]) == 0
     assert read_golden(out)["input_ids"].tolist() == [1, 2, 3]
 
 
@@ -478,7 +489,7 @@ def test_cli_errors(args, code, message, checkpoint_factory, tmp_path, capsys):
     argv = list(args)
     for k, v in subs.items():
         argv = [a.replace(k, v) for a in argv]
-    assert golden_main(argv) == code
+    assert main(["golden", *argv]) == code
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("minicodegen golden: error:")
@@ -486,5 +497,5 @@ def test_cli_errors(args, code, message, checkpoint_factory, tmp_path, capsys):
 
 
 def test_cli_help(capsys):
-    assert golden_main(["--help"]) == 0
+    assert main(["golden", "--help"]) == 0
     assert "--steps" in capsys.readouterr().out
