@@ -8,7 +8,7 @@ the copies fill ``--ws`` bytes and a pass multiplies by every copy, as decoding
 a whole model does (``--hot`` uses a single copy instead).
 
 Prefill (T = 512): milliseconds for fp32 BLAS ``x @ W.T``, torch, and the
-bf16 / int8 kernels (kernels._prefill_linear: panels of widened rows, SIMD matrix products).
+bf16 / int8 kernels (kernels.prefill._prefill_linear: panels of widened rows, SIMD matrix products).
 
     python tools/kernel_speed.py [--threads N] [--ws GB] [--reps R] [--hot] [--sweep]
 
@@ -56,6 +56,9 @@ from numba import njit, prange  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from minicodegen import kernels as K  # noqa: E402
+from minicodegen.kernels.arrays import _ro  # noqa: E402
+from minicodegen.kernels.gemv import _gemv, _prefetch_ahead  # noqa: E402
+from minicodegen.kernels.prefill import _prefill_linear  # noqa: E402
 
 try:
     if ARGS.no_torch:
@@ -66,13 +69,14 @@ except ImportError:
     torch = None
 
 
-@njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
+# (Not cached: it compiles in gemv._prefetch_ahead, and Numba would not notice edits of that file.)
+@njit(parallel=True, fastmath={"reassoc", "contract"})
 def _row_sums(a, out):
     """Read-rate probe: out[r] = sum(a[r]), the same access pattern as the
     linear kernels (parallel over rows, vectorized inner loop, prefetch)."""
     n = a.shape[1]
     for r in prange(a.shape[0]):
-        K._prefetch_ahead(a, r, n, 512, 16)  # 2 KiB ahead, like the kernels
+        _prefetch_ahead(a, r, n, 512, 16)  # 2 KiB ahead, like the kernels
         row = a[r]
         s = np.float32(0.0)
         for i in range(n):
@@ -185,15 +189,15 @@ def sweep(rng: np.random.Generator) -> None:
     print(f"{'T':>3} {'f32 stream':>11} {'f32 BLAS':>9} {'bf16 stream':>12} {'bf16 panels':>11} {'int8 stream':>12} {'int8 panels':>11}")
     for T in (1, 2, 3, 4, 6, 8, 12, 16):
         x = rng.standard_normal((T, n_in), dtype=np.float32)
-        xr = K._ro(x)
+        xr = _ro(x)
         y = np.empty((T, n_out), np.float32)
         fns = {
-            "f32s": lambda: [K._gemv(xr, K._ro(M), None, None, y, K.PREFETCH_F32) for M in Wc],
+            "f32s": lambda: [_gemv(xr, _ro(M), None, None, y, K.PREFETCH_F32) for M in Wc],
             "f32b": lambda: [x @ M.T for M in Wc],
-            "bfs": lambda: K._gemv(xr, K._ro(Wb), None, None, y, K.PREFETCH_BF16),
-            "bft": lambda: K._prefill_linear(xr, K._ro(Wb), None, None),
-            "i8s": lambda: K._gemv(xr, K._ro(Wq), K._ro(sc), None, y, K.PREFETCH_INT8),
-            "i8t": lambda: K._prefill_linear(xr, K._ro(Wq), K._ro(sc), None),
+            "bfs": lambda: _gemv(xr, _ro(Wb), None, None, y, K.PREFETCH_BF16),
+            "bft": lambda: _prefill_linear(xr, _ro(Wb), None, None),
+            "i8s": lambda: _gemv(xr, _ro(Wq), _ro(sc), None, y, K.PREFETCH_INT8),
+            "i8t": lambda: _prefill_linear(xr, _ro(Wq), _ro(sc), None),
         }
         ms = {}
         for k, f in fns.items():
@@ -207,7 +211,7 @@ def main() -> None:
     n = K.set_threads(_THREADS)
     if torch is not None:
         torch.set_num_threads(n)
-    t_warm = K.warmup()
+    t_warm = sum(s for _, s in K.warmup())
     rng = np.random.default_rng(0)
     print(f"threads: numba {K.get_threads()}, torch {torch.get_num_threads() if torch else '-'}, "
           f"BLAS env {os.environ.get('OPENBLAS_NUM_THREADS')}; kernels.warmup() {t_warm:.2f} s "

@@ -1,0 +1,227 @@
+"""Decode: matrix-vector products that stream each weight from memory once per token, and the
+public ``linear*`` functions, which use them for up to ``STREAM_MAX_T`` rows of x.
+
+Kernels: ``_gemv`` (float32, bf16 or int8 weights; four rows a step through ``simd._dot``),
+``_gemv_f16`` (float16 weights); ``_gemv_step`` / ``_rows_out`` are their loop body (the fused
+decode block uses them too), ``_prefetch_ahead`` the prefetch burst of the memory-rate probes
+in tools/.  Wrappers: ``linear_f32`` (more rows: BLAS), ``linear_bf16`` / ``linear_int8`` (more
+rows: ``prefill._prefill_linear``), ``linear_f16`` (more rows: NumPy), ``linear`` (dispatch on
+the weight dtype).
+
+Tested against (tests/test_kernels_gemv.py): ``ops.linear`` and the float64 ``x @ W.T + b`` of
+the widened (bf16, float16) or dequantized (int8: ``Wq * scale[:, None]``) weights, within the
+error bound of a float32 sum; exactly ``x @ widen(W).T`` when x holds rows of the identity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .arrays import _check_w, _prep_vec, _prep_x, _ro
+from .prefill import _prefill_linear
+from .simd import _dot, _dot_f16, _dot_operand, _prefetch
+
+# Up to this many rows of x, linear_* stream W once through the Numba
+# matrix-vector kernels; above it, BLAS (float32 weights) or _prefill_linear
+# (bf16 / int8).  Decode is T = 1 (or a few rows for batched / speculative decode).
+STREAM_MAX_T = 8
+
+# Prefetch distance of the decode kernels, in bytes of W ahead of the elements
+# in work (0 disables), by weight type: _dot asks for the cache line that far
+# ahead at every step of its main loop.  Measured on this machine, decode of the
+# 350M shape (weights in memory), tok/s without / with: int8 45.7 / 64.2 (4 KiB;
+# 2 and 8 KiB the same), bf16 33.2 / 40.9, float32 21.7 / 23.1 (2 KiB).  One
+# burst of prefetches per row, as before, gave int8 56.  Re-measured with two
+# rows per step (median of 4 runs each): int8 1/2/4/6 KiB 72.1/74.7/73.7/74.7,
+# bf16 1/2/4/8 KiB 43.3/44.2/43.4/42.9, float32 1/2/4 KiB 24.4/24.7/24.2 tok/s.
+# Since four rows per step (see _gemv): the prefetches go to L2 (prefetcht1),
+# not L1, 4 KiB ahead for every type.  Paired runs of 64 tokens against L1 at
+# 2 / 2 / 4 KiB, 20 pairs: float32 1.018x (quartiles 1.013-1.029), bf16 1.010x,
+# int8 1.00x.  Non-temporal prefetches (prefetchnta) made decode 2.5x slower.
+PREFETCH_F32 = 4096
+PREFETCH_BF16 = 4096
+PREFETCH_INT8 = 4096
+
+
+# ---------------------------------------------------------------------------
+# Matrix-vector kernels (decode).  Shapes: x [T, n_in] float32, y [T, n_out].
+# Parallel over output rows; each W row is read from memory once and used for
+# all T rows of x while it sits in L1.  A step takes four rows a quarter of W
+# apart (j, j + h, j + 2h, j + 3h), so each thread streams four contiguous bands
+# of W at once: more streams for the hardware prefetchers to run ahead on.
+# Against two bands (j, j + h), in paired runs of 64 decode tokens (350M shape,
+# 16 pairs), four decoded bf16 1.07x and int8 1.04x as fast; float32 0.99x (the
+# same within noise).
+# `pf` > 0: _dot prefetches the cache lines `pf` bytes ahead of the ones it
+# works on (into the next rows), so that memory stays busy while the core
+# converts and multiplies (the hardware prefetcher alone left bf16/int8 rows
+# waiting on memory).
+# ---------------------------------------------------------------------------
+
+
+@njit(inline="always")
+def _prefetch_ahead(W, j, n, pf, step):  # pragma: no cover - compiled
+    """Prefetch the lines of the n elements that start pf elements after row j
+    (one burst per row; the memory-rate probes of tools/ use it)."""
+    if pf > 0:
+        start = j * n + pf
+        stop = min(start + n, W.size)
+        for p in range(start, stop, step):
+            _prefetch(W, p)
+
+
+@njit(inline="always")
+def _rows_out(acc, j, t, scale, b, y):  # pragma: no cover - compiled
+    """y[t, j] = acc [* scale[j]] [+ b[j]]."""
+    if scale is not None:
+        acc *= scale[j]
+    if b is not None:
+        acc += b[j]
+    y[t, j] = acc
+
+
+@njit(inline="always")
+def _gemv_step(xd, W, j, h, scale, b, y, pf):  # pragma: no cover - compiled
+    """Rows j, j + h, j + 2h and j + 3h of y = (xd @ widen(W).T) [* scale] [+ b]
+    (those before the end of W): the body of the matrix-vector loops."""
+    n = W.shape[0]
+    for t in range(xd.shape[0]):
+        p = pf if t == 0 else 0  # (the rows sit in L1 for the other t)
+        if j + 3 * h < n:
+            u = _dot(xd[t], (W[j], W[j + h], W[j + 2 * h], W[j + 3 * h]), p)
+            for r in range(4):
+                _rows_out(u[r], j + r * h, t, scale, b, y)
+        else:
+            for r in range(4):
+                if j + r * h < n:
+                    _rows_out(_dot(xd[t], W[j + r * h], p), j + r * h, t, scale, b, y)
+
+
+@njit(parallel=True, error_model="numpy", cache=True)
+def _gemv(x, W, scale, b, y, pf):  # pragma: no cover - compiled
+    """y = (x @ widen(W).T) [* scale] [+ b].
+
+    x [T, n_in] f32; W [n_out, n_in] float32, uint16 (bf16 bits) or int8;
+    scale [n_out] f32 or None (int8: the per-row scale); b [n_out] f32 or None.
+    Step j computes rows j, j + h, j + 2h, j + 3h, h = n_out / 4 rounded up: each
+    thread streams four bands of W at once (see the section comment).
+    """
+    xd = _dot_operand(x, W)
+    h = (W.shape[0] + 3) // 4
+    for j in prange(h):
+        _gemv_step(xd, W, j, h, scale, b, y, pf)
+
+
+@njit(parallel=True, error_model="numpy", cache=True)
+def _gemv_f16(x, W, b, y, pf):  # pragma: no cover - compiled
+    """y = x @ W.astype(float32).T (+ b).   W [n_out, n_in] u16 (float16 bits)."""
+    T = x.shape[0]
+    for j in prange(W.shape[0]):
+        w = W[j]
+        for t in range(T):
+            acc = _dot_f16(x[t], w, pf if t == 0 else 0)
+            if b is not None:
+                acc += b[j]
+            y[t, j] = acc
+
+
+# ---------------------------------------------------------------------------
+# Python wrappers: argument checks (arrays.py), decode/prefill dispatch.
+# ---------------------------------------------------------------------------
+
+
+def linear_f32(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """``x @ W.T + b`` for float32 ``W [n_out, n_in]``; x [..., n_in] -> [..., n_out].
+
+    Up to STREAM_MAX_T rows: the parallel streaming kernel (reads W once).
+    More rows: BLAS ``x @ W.T``.  Definition: ``ops.linear``.
+    """
+    W = _check_w(W, np.float32, "W")
+    n_out, n_in = W.shape
+    x2, lead = _prep_x(x, n_in)
+    b = _prep_vec(b, n_out, "b")
+    if x2.shape[0] <= STREAM_MAX_T:
+        y = np.empty((x2.shape[0], n_out), np.float32)
+        _gemv(_ro(x2), W, None, b, y, PREFETCH_F32)
+    else:
+        y = x2 @ W.T
+        if b is not None:
+            y += b
+    return y.reshape(*lead, n_out)
+
+
+def linear_bf16(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """``x @ widen(W).T + b`` for bf16 ``W`` stored as uint16 ``[n_out, n_in]``.
+
+    ``widen(W) = (W.astype(uint32) << 16).view(float32)`` (exact).  Decode
+    streams W (2 bytes per weight) and widens in registers; prefill widens
+    panels of 128 rows for a matrix-matrix kernel (_prefill_linear).
+    """
+    return _linear_narrow(x, _check_w(W, np.uint16, "W"), None, b, PREFETCH_BF16)
+
+
+def linear_f16(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """``x @ W.astype(float32).T + b`` for float16 ``W [n_out, n_in]``: decode widens in
+    registers (exact, like linear_bf16); more rows widen W with NumPy for BLAS."""
+    if W.dtype != np.float16 or W.ndim != 2:
+        raise TypeError(f"W must be a 2-D float16 array, got {W.dtype} {W.shape}")
+    W = _check_w(np.ascontiguousarray(W).view(np.uint16), np.uint16, "W")
+    n_out, n_in = W.shape
+    x2, lead = _prep_x(x, n_in)
+    b = _prep_vec(b, n_out, "b")
+    T = x2.shape[0]
+    if T <= STREAM_MAX_T:
+        y = np.empty((T, n_out), np.float32)
+        _gemv_f16(_ro(x2), W, b, y, PREFETCH_BF16)
+    else:
+        y = x2 @ W.view(np.float16).astype(np.float32).T  # (not used by the model: load() widens float16)
+        if b is not None:
+            y += b
+    return y.reshape(*lead, n_out)
+
+
+def linear_int8(x: np.ndarray, Wq: np.ndarray, scale: np.ndarray,
+                b: np.ndarray | None = None) -> np.ndarray:
+    """``(x @ Wq.T) * scale + b`` for int8 ``Wq [n_out, n_in]``, float32 ``scale [n_out]``.
+
+    Equals ``x @ (Wq * scale[:, None]).T + b`` up to float32 rounding.  Decode
+    streams Wq (1 byte per weight) and converts in registers; prefill dequantizes
+    panels of 128 rows for a matrix-matrix kernel (_prefill_linear).
+    """
+    Wq = _check_w(Wq, np.int8, "Wq")
+    scale = _prep_vec(scale, Wq.shape[0], "scale")
+    if scale is None:
+        raise ValueError("linear_int8 needs a per-row scale")
+    return _linear_narrow(x, Wq, scale, b, PREFETCH_INT8)
+
+
+def _linear_narrow(x: np.ndarray, W: np.ndarray, scale: np.ndarray | None, b: np.ndarray | None,
+                   pf: int) -> np.ndarray:
+    """linear_bf16 / linear_int8 once W (and scale) are checked: up to STREAM_MAX_T rows of x
+    stream W through _gemv (prefetching pf bytes ahead), more go to _prefill_linear."""
+    n_out, n_in = W.shape
+    x2, lead = _prep_x(x, n_in)
+    b = _prep_vec(b, n_out, "b")
+    T = x2.shape[0]
+    if T <= STREAM_MAX_T:
+        y = np.empty((T, n_out), np.float32)
+        _gemv(_ro(x2), W, scale, b, y, pf)
+    else:
+        y = _prefill_linear(x2, W, scale, b)
+    return y.reshape(*lead, n_out)
+
+
+def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None,
+           scale: np.ndarray | None = None) -> np.ndarray:
+    """Dispatch on the weight dtype: float32 -> linear_f32, uint16 (bf16 bits)
+    -> linear_bf16, int8 (needs ``scale``) -> linear_int8, float16 -> linear_f16."""
+    if W.dtype == np.float32:
+        return linear_f32(x, W, b)
+    if W.dtype == np.uint16:
+        return linear_bf16(x, W, b)
+    if W.dtype == np.int8:
+        return linear_int8(x, W, scale, b)
+    if W.dtype == np.float16:
+        return linear_f16(x, W, b)
+    raise TypeError(f"unsupported weight dtype {W.dtype}")
