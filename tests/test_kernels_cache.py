@@ -1,15 +1,34 @@
 """The compile cache of the kernels (minicodegen.kernels.cache): warmup and needs_compiling, the
 signatures needs_compiling looks up, and the guard that deletes cached code compiled from other
-sources."""
+sources.  The cross-process tests run Python in subprocesses with their own NUMBA_CACHE_DIR."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from minicodegen import kernels as K
 from minicodegen.kernels import cache
+
+PACKAGE = Path(cache.__file__).resolve().parent
+
+
+def run_python(code: str, cache_dir: Path, pythonpath: Path | None = None) -> dict:
+    """Run ``code`` in a fresh interpreter with NUMBA_CACHE_DIR=cache_dir; it prints one JSON
+    object as its last line of output, returned here."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), env.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_warmup_returns_each_step_and_its_seconds():
@@ -59,3 +78,95 @@ def test_the_package_stamps_its_cache_directory():
     directory = cache._cache_dir()
     assert directory is not None and Path(directory, cache._STAMP).read_text() == cache._fingerprint()
     assert cache.refresh_cache() == []
+
+
+GELU = """
+import json, numpy as np, kernels_copy as K
+from kernels_copy import cache, elementwise
+y = K.gelu_new(np.linspace(-3, 3, 64, dtype=np.float32))
+stats = elementwise._gelu_new.stats
+print(json.dumps({"y": y.tolist(), "hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values()),
+                  "dir": cache._cache_dir()}))
+"""
+
+
+def test_an_edit_of_simd_reaches_the_cached_kernels_of_other_modules(tmp_path):
+    """elementwise._gelu_new compiles in simd._exp_f32.  After an edit of simd.py alone Numba keeps
+    the cached _gelu_new (its own file did not change); the guard deletes it at the next import."""
+    copy = tmp_path / "kernels_copy"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    first = run_python(GELU, tmp_path / "cache", tmp_path)
+    assert first["misses"] == 1 and first["hits"] == 0  # compiled
+    stamp = Path(first["dir"], cache._STAMP)
+    x = np.linspace(-3, 3, 64, dtype=np.float32)
+    np.testing.assert_allclose(first["y"], K.gelu_new(x), rtol=0, atol=0)
+    assert run_python(GELU, tmp_path / "cache", tmp_path)["hits"] == 1  # loaded
+
+    simd = copy / "simd.py"
+    edited = simd.read_text().replace("        y = np.float32(np.inf)\n    return y\n",
+                                      "        y = np.float32(np.inf)\n    return y * np.float32(2.0)\n")
+    assert edited != simd.read_text()
+    simd.write_text(edited)  # exp(x) becomes 2 exp(x)
+    old_stamp = stamp.read_text()
+
+    stamp.write_text(cache._fingerprint(copy))  # as if the guard were not there
+    stale = run_python(GELU, tmp_path / "cache", tmp_path)
+    assert stale["hits"] == 1 and stale["misses"] == 0 and stale["y"] == first["y"]  # the old exp
+
+    stamp.write_text(old_stamp)  # what the cache holds after the edit
+    fresh = run_python(GELU, tmp_path / "cache", tmp_path)
+    assert fresh["misses"] == 1 and fresh["hits"] == 0  # compiled from the edited sources
+    x64 = x.astype(np.float64)
+    u = np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3)
+    np.testing.assert_allclose(fresh["y"], x64 / (1 + 2 * np.exp(-2 * u)), rtol=1e-5, atol=1e-6)
+    assert stamp.read_text() == cache._fingerprint(copy)
+
+
+PROCESS = """
+import json, time
+t0 = time.perf_counter()
+from minicodegen import kernels as K
+from minicodegen.kernels import cache
+t_import = time.perf_counter() - t0
+t0 = time.perf_counter()
+before = K.needs_compiling("int8")
+t_check = time.perf_counter() - t0
+steps = K.warmup(["int8"])
+looked_up = {}
+for step in cache._steps("int8"):
+    for kernel, sig in cache._step_signatures()[step]:
+        looked_up.setdefault(kernel.py_func.__module__ + "." + kernel.py_func.__qualname__, set()).add(str(sig))
+kernels = {}
+for module in ("simd", "prefill", "gemv", "attention", "elementwise", "decode"):
+    for obj in vars(getattr(K, module)).values():
+        if type(getattr(obj, "_cache", None)).__name__ == "FunctionCache" and obj.py_func.__module__.endswith(module):
+            kernels[obj.py_func.__module__ + "." + obj.py_func.__qualname__] = obj
+print(json.dumps({
+    "import_s": t_import, "check_s": t_check, "before": before, "after": K.needs_compiling("int8"),
+    "others": {d: K.needs_compiling(d) for d in ("float32", "bfloat16", "float16")},
+    "steps": steps,
+    "hits": {n: sum(k.stats.cache_hits.values()) for n, k in kernels.items()},
+    "misses": {n: sum(k.stats.cache_misses.values()) for n, k in kernels.items()},
+    "compiled": {n: sorted(map(str, k.overloads)) for n, k in kernels.items() if k.overloads},
+    "looked_up": {n: sorted(s) for n, s in looked_up.items()},
+}))
+"""
+
+
+@pytest.mark.slow  # the first process compiles every kernel an int8 model runs (80 s of CPU here)
+def test_a_second_process_loads_every_kernel_and_compiles_none(tmp_path):
+    first = run_python(PROCESS, tmp_path)
+    assert first["before"] is True and first["after"] is False
+    assert all(first["others"].values())  # (their linear and decode-block kernels are not cached)
+    assert [name for name, _ in first["steps"]] == cache._steps("int8")
+    for name, sigs in first["looked_up"].items():  # needs_compiling looks up what the warm-up compiled
+        assert first["compiled"][name] == sigs
+
+    second = run_python(PROCESS, tmp_path)
+    assert second["before"] is False and second["after"] is False
+    assert second["check_s"] < 1.0  # (a few milliseconds: it compiles and loads nothing)
+    assert sum(second["misses"].values()) == 0  # compiled nothing
+    used = {name for name, hits in second["hits"].items() if hits}
+    assert used == set(first["looked_up"])  # loaded every kernel the steps call from Python
+    for name in used:
+        assert second["hits"][name] == len(first["looked_up"][name])
