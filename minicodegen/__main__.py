@@ -4,10 +4,14 @@
     python -m minicodegen convert SRC -o OUT.npz [--dtype ...]       a hub checkpoint -> one .npz
     python -m minicodegen score FILE [--model M]                     likelihood of a file
     python -m minicodegen golden --prompt P -o golden.npz            intermediates for other ports
+    python -m minicodegen warmup [--dtype D ...]                      compile the kernels ahead of time
 
 Exit codes: 0 success, 1 runtime error (missing file, unreachable hub, bad checkpoint),
 2 usage error (bad argument values), 130 interrupted. Expected failures print one line, no
 traceback (``convert``'s usage errors also print argparse's usage block).
+
+The first run on a machine compiles the Numba kernels (cached on disk afterwards): before it
+runs a model, the command line asks ``kernels.needs_compiling`` and, if so, says it on stderr.
 
 Every command line of the package is parsed here; the modules it calls (``checkpoint.convert``,
 ``checkpoint.load_model``, ``golden.write_golden``, ``generation.stream``, ``generation.score``)
@@ -26,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 from . import checkpoint, generation, golden, kernels
 from .model import Model
@@ -74,7 +80,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def generation_parser() -> Parser:
     p = Parser(prog="python -m minicodegen", description="Complete code with a CodeGen model, streamed to stdout.",
-               epilog="Subcommands: convert, score, golden (python -m minicodegen SUBCOMMAND --help).")  # fmt: skip
+               epilog="Subcommands: convert, score, golden, warmup (python -m minicodegen SUBCOMMAND --help).")  # fmt: skip
     p.add_argument("prompt", nargs="?", default=None, help="the code to complete; '-' or absent: read standard input")
     add_model_args(p)
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
@@ -122,6 +128,21 @@ def read_prompt(prompt: str | None) -> str:
     return prompt
 
 
+COMPILING = "minicodegen: compiling kernels for this CPU (first run only, about 20 s)..."
+
+
+def weights_dtype(model: Model) -> str:
+    """The dtype a model's matrices are stored in: "float32", "bfloat16" (uint16 bits) or "int8"."""
+    w = model.weights["transformer.h.0.attn.qkv_proj.weight"]
+    return "bfloat16" if w.dtype == np.uint16 else w.dtype.name
+
+
+def say_if_compiling(model: Model, prompt_tokens: int) -> None:
+    """One line on stderr before a run that has to compile kernels (cold cache); nothing when warm."""
+    if model.fast and kernels.needs_compiling(weights_dtype(model), prompt_tokens):
+        print(COMPILING, file=sys.stderr, flush=True)
+
+
 def load_model(name: str, threads: int | None, in_memory: bool = False) -> Model:
     """The model, with the kernels' thread count set; loading errors become RuntimeError."""
     if threads is not None:
@@ -136,6 +157,7 @@ def run_generate(argv: Sequence[str]) -> int:
     if prompt == "":
         raise UsageError("the prompt is empty")
     model = load_model(a.model, a.threads, a.in_memory)
+    say_if_compiling(model, len(model.tokenizer.encode(prompt)) if model.tokenizer is not None else 1)
     stats: dict[str, float] = {}
     out = sys.stdout
     out.write(prompt)
@@ -167,6 +189,7 @@ def run_score(argv: Sequence[str]) -> int:
         except (OSError, UnicodeDecodeError) as e:
             raise RuntimeError(f"cannot read {a.file}: {e}") from None
     model = load_model(a.model, a.threads, a.in_memory)
+    say_if_compiling(model, len(model.tokenizer.encode(text)) if model.tokenizer is not None else 1)
     s = generation.score(model, text)
     scored = sum(1 for x in s.logprobs if x == x)  # not NaN
     print(f"tokens: {len(s.tokens)}, scored: {scored}, mean NLL: {s.nll:.4f} nats/token, perplexity: {math.exp(s.nll):.3f}")
@@ -306,6 +329,33 @@ def run_golden(argv: Sequence[str]) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- warmup
+
+
+def warmup_parser() -> Parser:
+    p = Parser(prog="python -m minicodegen warmup",
+               description="Compile the kernels for this CPU ahead of time (they are cached on disk), so that the "
+                           "first real run starts at once: for a Docker image or a classroom.")  # fmt: skip
+    p.add_argument("--dtype", nargs="+", choices=kernels.DTYPES, default=None, metavar="D",
+                   help=f"only the kernels that models with weights of these dtypes run ({', '.join(kernels.DTYPES)}); "
+                        "default: every kernel")  # fmt: skip
+    return p
+
+
+def run_warmup(argv: Sequence[str]) -> int:
+    a = warmup_parser().parse_args(argv)
+    what = "the kernels for " + ", ".join(a.dtype) if a.dtype else "every kernel"
+    cold = any(kernels.needs_compiling(d) for d in (a.dtype or [None]))
+    print(f"minicodegen: {'compiling' if cold else 'loading'} {what} ({'cold' if cold else 'warm'} cache: "
+          f"{kernels.cache_dir() or 'caching is off'})", file=sys.stderr, flush=True)
+    steps = kernels.warmup(a.dtype)
+    for name, seconds in steps:
+        print(f"  {name:<26} {seconds:7.2f} s")
+    total = sum(s for _, s in steps)
+    print(f"{'compiled' if cold else 'loaded'} {what} in {total:.1f} s")
+    return 0
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 
@@ -316,6 +366,8 @@ def dispatch(argv: Sequence[str]) -> int:
         return run_golden(argv[1:])
     if argv and argv[0] == "score":
         return run_score(argv[1:])
+    if argv and argv[0] == "warmup":
+        return run_warmup(argv[1:])
     return run_generate(argv)
 
 

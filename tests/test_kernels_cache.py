@@ -75,7 +75,7 @@ def test_refresh_cache_deletes_the_files_of_other_sources(tmp_path):
 
 
 def test_the_package_stamps_its_cache_directory():
-    directory = cache._cache_dir()
+    directory = cache.cache_dir()
     assert directory is not None and Path(directory, cache._STAMP).read_text() == cache._fingerprint()
     assert cache.refresh_cache() == []
 
@@ -86,7 +86,7 @@ from kernels_copy import cache, elementwise
 y = K.gelu_new(np.linspace(-3, 3, 64, dtype=np.float32))
 stats = elementwise._gelu_new.stats
 print(json.dumps({"y": y.tolist(), "hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values()),
-                  "dir": cache._cache_dir()}))
+                  "dir": cache.cache_dir()}))
 """
 
 

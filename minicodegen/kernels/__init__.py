@@ -95,7 +95,7 @@ from .gemv import (PREFETCH_BF16, PREFETCH_F32, PREFETCH_INT8, STREAM_MAX_T, lin
 from .attention import ATTEND_BLOCK_MIN_T, attend_cached
 from .elementwise import apply_rotary, gelu_new, layer_norm
 from .decode import decode_block, decode_layers, decode_weights
-from .cache import DTYPES, needs_compiling, refresh_cache, warmup
+from .cache import DTYPES, cache_dir, needs_compiling, refresh_cache, warmup
 
 __all__ = [
     "linear",
@@ -114,6 +114,7 @@ __all__ = [
     "get_threads",
     "warmup",
     "needs_compiling",
+    "cache_dir",
     "release_scratch",
     "STREAM_MAX_T",
     "ATTEND_BLOCK_MIN_T",

@@ -74,7 +74,7 @@ def _fingerprint(package: Path = _HERE) -> str:
     return h.hexdigest()
 
 
-def _cache_dir() -> str | None:
+def cache_dir() -> str | None:
     """The directory Numba keeps the package's compiled kernels in (one for all its modules), as
     Numba's cache locator chose it for ``decode._decode_block``; None when caching is off."""
     return getattr(getattr(decode._decode_block, "_cache", None), "cache_path", None)
@@ -88,7 +88,7 @@ def refresh_cache(directory: str | os.PathLike | None = None) -> list[str]:
     The directory holds only this package's files (Numba names it after the package's path), so
     every ``*.nbi`` / ``*.nbc`` of this Python version in it goes.  An unwritable directory is
     left as it is (Numba does not cache there either)."""
-    directory = _cache_dir() if directory is None else os.fspath(directory)
+    directory = cache_dir() if directory is None else os.fspath(directory)
     if directory is None:
         return []
     fingerprint = _fingerprint()
@@ -293,7 +293,26 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
     }
 
 
-def needs_compiling(dtype: str | None = None) -> bool:
+def _model_signatures(dtype: str, prompt_tokens: int) -> list[tuple[Callable, tuple]]:
+    """The kernels and signatures that ``model.forward`` calls for one prompt of ``prompt_tokens``
+    tokens (fp32 reference layout, one row) and then decode steps, with weights of ``dtype``:
+    a subset of the warm-up's (the model passes boolean masks only, and rotates strided views).
+    tests/test_kernels_cache.py checks that a process which ran such a generation compiles
+    nothing in the next one."""
+    sig = _step_signatures()
+    dt = "float32" if dtype == "float16" else dtype  # float16 checkpoints are widened at load
+    prefix = "linear float32" if dt == "float32" else f"linear {dt} (decode)"
+    out = sig["layer norm"] + sig[f"decode block {dt}"] + sig[prefix]  # ln_f, the blocks, lm_head
+    T = prompt_tokens
+    if T > 1:  # the prompt, block by block (boolean mask, no additive bias)
+        out += sig["gelu_new"] + sig["rotary"][:1]
+        out += sig["attention (prompt)" if T >= ATTEND_BLOCK_MIN_T else "attention (decode)"][:1]
+        if T > STREAM_MAX_T and dt != "float32":  # float32 prompts go to BLAS
+            out += sig[f"linear {dt} (prompt)"]
+    return out
+
+
+def needs_compiling(dtype: str | None = None, prompt_tokens: int | None = None) -> bool:
     """Whether running a model with weights of ``dtype`` (None: any kernel of the package) may
     have to compile kernels rather than load them from the on-disk cache, i.e. whether
     ``warmup([dtype])`` would compile anything; compiles and loads nothing.
@@ -304,6 +323,9 @@ def needs_compiling(dtype: str | None = None) -> bool:
     may leave True: one prompt length compiles either the decode or the prompt attention kernel
     (``ATTEND_BLOCK_MIN_T``), and float attention masks come only from callers of attend_cached;
     ``warmup([dtype])`` then loads what is cached and compiles the rest.
+    With ``prompt_tokens``: whether a generation from a prompt of that many tokens would compile,
+    i.e. only the kernels a model run calls (``_model_signatures``); this is what the command
+    line asks before it runs a model, so that it can say that it compiles.
     How: for each kernel and signature of the dtype's warm-up steps (``_step_signatures``), it is
     either loaded in this process already or listed in the kernel's Numba index file (``*.nbi``),
     under the key Numba itself would look up: signature, CPU and bytecode.  Reading the index
@@ -314,17 +336,20 @@ def needs_compiling(dtype: str | None = None) -> bool:
     steps = _steps(dtype)
     if numba.config.DISABLE_JIT:
         return False
-    signatures = _step_signatures()
+    if prompt_tokens is None:
+        signatures = _step_signatures()
+        wanted = [ks for step in steps for ks in signatures[step]]
+    else:
+        wanted = [ks for d in ([dtype] if dtype else DTYPES) for ks in _model_signatures(d, prompt_tokens)]
     indexes: dict[int, dict] = {}
     try:
-        for step in steps:
-            for kernel, sig in signatures[step]:
-                if sig in kernel.overloads:
-                    continue
-                if id(kernel) not in indexes:
-                    indexes[id(kernel)] = kernel._cache._cache_file._load_index()
-                if kernel._cache._index_key(sig, kernel.targetctx.codegen()) not in indexes[id(kernel)]:
-                    return True
+        for kernel, sig in wanted:
+            if sig in kernel.overloads:
+                continue
+            if id(kernel) not in indexes:
+                indexes[id(kernel)] = kernel._cache._cache_file._load_index()
+            if kernel._cache._index_key(sig, kernel.targetctx.codegen()) not in indexes[id(kernel)]:
+                return True
     except (AttributeError, OSError):
         return True
     return False
