@@ -1,7 +1,7 @@
 """The operations of a CodeGen block, one short NumPy function each.
 
 These functions are the *definition* of the model: every faster path (the Numba kernels in
-``kernels.py``) is tested against them, and the model in ``model.py`` reads as a sequence of
+the ``kernels`` package) is tested against them, and the model in ``model.py`` reads as a sequence of
 calls to them. Each one names its shapes in a comment and its formula in the docstring.
 
 Names follow the CodeGen paper and Hugging Face ``transformers``
