@@ -33,6 +33,7 @@ import pytest
 
 from minicodegen import __main__ as cli
 from minicodegen import checkpoint as ck
+from minicodegen import hubfiles
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -192,7 +193,7 @@ def test_bin_reader_matches_torch_load(tmp_path):
         long=torch.arange(5), int8=torch.arange(-4, 4, dtype=torch.int8), double=torch.randn(2, 2, dtype=torch.float64),
     )  # fmt: skip
     torch.save(sd, tmp_path / "x.bin")
-    got = ck.read_torch_bin(tmp_path / "x.bin")
+    got = hubfiles.read_torch_bin(tmp_path / "x.bin")
     assert list(got) == list(sd)
     for name, t in torch.load(tmp_path / "x.bin", weights_only=True).items():
         want = t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
@@ -213,7 +214,7 @@ def test_wrong_and_missing_weights_are_named(checkpoints, tmp_path):
 
     d = tmp_path / "bad"
     shutil.copytree(checkpoints["safetensors"][0], d)
-    weights = {k: np.array(v) for k, v in ck.read_safetensors(d / "model.safetensors").items()}
+    weights = {k: np.array(v) for k, v in hubfiles.read_safetensors(d / "model.safetensors").items()}
     weights["transformer.h.1.mlp.fc_in.weight"] = np.zeros((255, 64), np.float32)
     save_file(weights, str(d / "model.safetensors"))
     with pytest.raises(ValueError, match=r"transformer\.h\.1\.mlp\.fc_in\.weight.*\(255, 64\).*\(256, 64\)"):
@@ -433,7 +434,7 @@ def test_malicious_pickle_is_refused(tmp_path, make, global_name):
         marker.unlink()
     path = torch_zip(tmp_path / "pytorch_model.bin", payload)
     with pytest.raises(ValueError, match=rf"pytorch_model\.bin.*refusing.*{global_name}"):
-        ck.read_torch_bin(path)
+        hubfiles.read_torch_bin(path)
     assert not marker.exists()
 
 
@@ -450,7 +451,7 @@ def test_forged_persistent_ids_are_refused(tmp_path):
     buf = io.BytesIO()
     P(buf, protocol=2).dump({"w": Forged()})
     with pytest.raises(ValueError, match=r"pytorch_model\.bin.*persistent id"):
-        ck.read_torch_bin(torch_zip(tmp_path / "pytorch_model.bin", buf.getvalue()))
+        hubfiles.read_torch_bin(torch_zip(tmp_path / "pytorch_model.bin", buf.getvalue()))
 
 
 def _damage(path: Path, how: str, at: float | int = 0.5) -> None:

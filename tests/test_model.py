@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import minicodegen
 from minicodegen import model as M
-from minicodegen.checkpoint import read_config
+from minicodegen.hubfiles import read_config
 
 VOCAB = 1000
 SMALL = {name: dict(kw, vocab_size=VOCAB, bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1) for name, kw in CONFIGS.items()}
