@@ -1,7 +1,7 @@
 """Checkpoints: hub files read without torch, converted to one ``.npz``, loaded memory-mapped.
 
 The hub's layouts (``pytorch_model.bin``, ``model.safetensors``, shards) are read with NumPy
-alone by minicodegen.hubfiles.
+alone by minicodegen.hubfiles; hub ids are downloaded and cached by minicodegen.hub.
 
 ``convert`` turns any of them (or a hub id) into one self-contained ``.npz``::
 
@@ -17,10 +17,6 @@ alone by minicodegen.hubfiles.
 Members are stored uncompressed with their data 64-byte aligned, so ``read_npz`` maps the file
 and hands out arrays that are views of its pages: loading reads no weight until it is used.
 ``np.load(path)`` also reads the file (with ``allow_pickle=False``), which is handy for poking.
-
-Hub ids are downloaded with ``huggingface_hub`` (its cache, resume and progress bar; ``HF_ENDPOINT``
-is honoured) and converted once to ``<cache>/<org>--<name>.npz`` (float32), where ``<cache>`` is
-``$MINICODEGEN_CACHE``, else ``$XDG_CACHE_HOME/minicodegen``, else ``~/.cache/minicodegen``.
 """
 
 from __future__ import annotations
@@ -31,7 +27,6 @@ import json
 import math
 import mmap
 import os
-import re
 import secrets
 import struct
 import zipfile
@@ -42,8 +37,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .hub import cache_path, download, is_hub_id, local_path, split_revision
 from .hubfiles import (
-    TOKENIZER_FILES,
     WEIGHT_FILES,
     check_crc,
     checked_weights,
@@ -51,7 +46,6 @@ from .hubfiles import (
     member_start,
     open_zip,
     read_config,
-    read_index_map,
     read_tokenizer_files,
     read_weight_file,
 )
@@ -62,14 +56,6 @@ NPZ_FORMAT = "minicodegen.npz"
 NPZ_VERSION = 1
 ALIGN = 64  # bytes: where each .npz member's data starts
 TINY = Path(__file__).parent / "data" / "tiny.npz"
-
-
-class HubError(RuntimeError):
-    """A hub id could not be turned into a local checkpoint (not found, no weights, ...)."""
-
-
-class HubUnreachableError(HubError):
-    """The hub (``HF_ENDPOINT``) could not be reached and the files are not in the local cache."""
 
 
 # ----------------------------------------------------------------------------- a checkpoint directory or a .npz
@@ -367,111 +353,13 @@ def _local_source(src: str | os.PathLike) -> Path:
     """A local checkpoint directory or .npz for ``src`` (a hub id is downloaded, not converted)."""
     path = Path(src).expanduser()
     if path.exists() or not is_hub_id(str(src)):
-        return _local_path(path, str(src))
+        return local_path(path, str(src))
     repo, revision = split_revision(str(src))
     return download(repo, revision)
 
 
-# ----------------------------------------------------------------------------- hub and cache
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
-
-
-def is_hub_id(s: str) -> bool:
-    """True for ``org/name`` or ``org/name@revision`` (``Salesforce/codegen-350M-mono``)."""
-    return bool(_HUB_ID.fullmatch(s)) and not s.endswith(".npz")
-
-
-def split_revision(hub_id: str) -> tuple[str, str | None]:
-    """``"org/name@rev"`` -> ``("org/name", "rev")``; no ``@`` -> revision None (the default branch)."""
-    repo, _, revision = hub_id.partition("@")
-    return repo, revision or None
-
-
-def cache_dir() -> Path:
-    """Where converted hub checkpoints go: $MINICODEGEN_CACHE, $XDG_CACHE_HOME/minicodegen, ~/.cache/minicodegen."""
-    if os.environ.get("MINICODEGEN_CACHE"):
-        return Path(os.environ["MINICODEGEN_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minicodegen"
-
-
-def cache_path(repo: str, revision: str | None = None) -> Path:
-    """The cached .npz of hub repo ``repo`` at ``revision``: ``<cache>/<org>--<name>[@<revision>].npz``."""
-    name = repo.replace("/", "--") + (f"@{revision.replace('/', '--')}" if revision else "")
-    return cache_dir() / f"{name}.npz"
-
-
-def _endpoint() -> str:
-    """HF_ENDPOINT read now (huggingface_hub reads it once, at import)."""
-    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-
-
-def _unreachable(repo: str, cause: BaseException) -> HubUnreachableError:
-    detail = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
-    return HubUnreachableError(
-        f"could not reach the hub at {_endpoint()} to fetch {repo} ({detail}); check your connection or HF_ENDPOINT, "
-        "or use a local model instead: a checkpoint directory or a converted .npz (--model PATH), "
-        "or 'tiny', the small demo model that ships with minicodegen and works offline (--model tiny)"
-    )
-
-
-def _weight_files(repo: str, files: list[str]) -> list[str]:
-    """The files of a hub repo to fetch for the model: the first weight layout of WEIGHT_FILES present."""
-    for name in WEIGHT_FILES:
-        if name in files:
-            return [name]
-    raise HubError(f"{repo}: the repo has none of {', '.join(WEIGHT_FILES)} (files: {', '.join(sorted(files)[:10])})")
-
-
-def download(repo: str, revision: str | None = None) -> Path:
-    """Downloads the files of hub repo ``repo`` that minicodegen needs; returns the snapshot directory.
-
-    Uses huggingface_hub's cache (resumes, shows a progress bar, honours HF_ENDPOINT and HF_TOKEN).
-    Raises HubUnreachableError if the hub cannot be reached and the files are not cached.
-    """
-    import huggingface_hub as hf
-    from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
-
-    endpoint = _endpoint()
-    wanted = ["config.json", *TOKENIZER_FILES]
-    try:
-        info = hf.HfApi(endpoint=endpoint).model_info(repo, revision=revision)
-    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as e:
-        what = f"revision {revision} of {repo}" if isinstance(e, RevisionNotFoundError) else repo
-        raise HubError(f"{what} not found on {endpoint} (a private or gated repo needs HF_TOKEN)") from None
-    except Exception as e:  # offline, refused, timed out, 5xx: the files may still be in the local cache
-        cached = _cached_snapshot(repo, revision)
-        if cached is None:
-            raise _unreachable(repo, e) from None
-        return cached
-    files = [s.rfilename for s in info.siblings or []]
-    weights = _weight_files(repo, files)
-    try:
-        snapshot = Path(hf.snapshot_download(repo, revision=info.sha, allow_patterns=wanted + weights, endpoint=endpoint))
-        if weights[0].endswith(".index.json"):  # then the shards the index names
-            shards = sorted(set(read_index_map(snapshot / weights[0]).values()))
-            hf.snapshot_download(repo, revision=info.sha, allow_patterns=shards, endpoint=endpoint)
-    except ValueError:  # a corrupted index: says so, naming it
-        raise
-    except Exception as e:
-        raise _unreachable(repo, e) from None
-    return snapshot
-
-
-def _cached_snapshot(repo: str, revision: str | None) -> Path | None:
-    """A complete snapshot of ``repo`` already in huggingface_hub's cache, or None."""
-    import huggingface_hub as hf
-
-    shards = {"model.safetensors.index.json": "model-*.safetensors", "pytorch_model.bin.index.json": "pytorch_model-*.bin"}
-    for name in WEIGHT_FILES:
-        patterns = ["config.json", *TOKENIZER_FILES, name, *([shards[name]] if name in shards else [])]
-        try:
-            snapshot = Path(hf.snapshot_download(repo, revision=revision, local_files_only=True, allow_patterns=patterns))
-        except Exception:
-            continue
-        if (snapshot / name).is_file():
-            return snapshot
-    return None
+# ----------------------------------------------------------------------------- hub ids
 
 
 def resolve(path_or_id: str | os.PathLike) -> Path:
@@ -489,21 +377,13 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
         return TINY
     path = Path(s).expanduser()
     if path.exists() or not is_hub_id(s):
-        return _local_path(path, s)
+        return local_path(path, s)
     repo, revision = split_revision(s)
     cached = cache_path(repo, revision)
     if not cached.is_file():
         cached.parent.mkdir(parents=True, exist_ok=True)
         convert(s, cached, "float32", force=True)
     return cached
-
-
-def _local_path(path: Path, given: str) -> Path:
-    if not path.exists():
-        raise FileNotFoundError(f"{given}: no such file or directory (nor a hub id like Salesforce/codegen-350M-mono)")
-    if path.is_dir() or path.suffix == ".npz":
-        return path
-    raise ValueError(f"{path}: give a checkpoint directory (with config.json) or a .npz file, not another file")
 
 
 # ----------------------------------------------------------------------------- loading

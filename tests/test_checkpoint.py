@@ -34,6 +34,7 @@ import pytest
 from minicodegen import __main__ as cli
 from minicodegen import checkpoint as ck
 from minicodegen import hubfiles
+from minicodegen.hub import HubError, HubUnreachableError, cache_path, is_hub_id
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -732,9 +733,9 @@ def test_hub_id_loads_once_then_from_cache(hub, checkpoints, tmp_path, isolated_
 def test_hub_missing_repo_and_revision(hub, isolated_hub):
     endpoint, _ = hub
     isolated_hub(endpoint)
-    with pytest.raises(ck.HubError, match="test-org/nothing not found"):
+    with pytest.raises(HubError, match="test-org/nothing not found"):
         ck.load_model("test-org/nothing")
-    with pytest.raises(ck.HubError, match="revision v9 of test-org/codegen-tiny not found"):
+    with pytest.raises(HubError, match="revision v9 of test-org/codegen-tiny not found"):
         ck.resolve("test-org/codegen-tiny@v9")
 
 
@@ -747,7 +748,7 @@ def closed_port() -> int:
 def test_unreachable_hub(tmp_path, isolated_hub):
     endpoint = f"http://127.0.0.1:{closed_port()}"
     isolated_hub(endpoint)
-    with pytest.raises(ck.HubUnreachableError, match=r"could not reach the hub.*local model.*--model tiny"):
+    with pytest.raises(HubUnreachableError, match=r"could not reach the hub.*local model.*--model tiny"):
         ck.load_model("Salesforce/codegen-350M-mono")
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "convert.py"), "Salesforce/codegen-350M-mono", "-o", str(tmp_path / "x.npz")],
                        capture_output=True, text=True, env=hub_env(tmp_path, endpoint), timeout=120)  # fmt: skip
@@ -758,10 +759,10 @@ def test_unreachable_hub(tmp_path, isolated_hub):
 
 def test_resolve(tmp_path, monkeypatch):
     monkeypatch.setenv("MINICODEGEN_CACHE", str(tmp_path / "c"))
-    assert ck.cache_path("Salesforce/codegen-350M-mono") == tmp_path / "c" / "Salesforce--codegen-350M-mono.npz"
-    assert ck.cache_path("a/b", "v1.0") == tmp_path / "c" / "a--b@v1.0.npz"
-    assert ck.is_hub_id("Salesforce/codegen-350M-mono") and ck.is_hub_id("a/b@main")
-    assert not ck.is_hub_id("./x") and not ck.is_hub_id("/abs/path") and not ck.is_hub_id("a/b.npz")
+    assert cache_path("Salesforce/codegen-350M-mono") == tmp_path / "c" / "Salesforce--codegen-350M-mono.npz"
+    assert cache_path("a/b", "v1.0") == tmp_path / "c" / "a--b@v1.0.npz"
+    assert is_hub_id("Salesforce/codegen-350M-mono") and is_hub_id("a/b@main")
+    assert not is_hub_id("./x") and not is_hub_id("/abs/path") and not is_hub_id("a/b.npz")
     if ck.TINY.exists():
         assert ck.resolve("tiny") == ck.TINY
     else:
