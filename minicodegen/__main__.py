@@ -13,7 +13,7 @@ traceback (``convert``'s usage errors also print argparse's usage block).
 The first run on a machine compiles the Numba kernels (cached on disk afterwards): before it
 runs a model, the command line asks ``kernels.needs_compiling`` and, if so, says it on stderr.
 
-Every command line of the package is parsed here; the modules it calls (``checkpoint.convert``,
+Every command line of the package is parsed here; the modules it calls (``npz.convert``,
 ``checkpoint.load_model``, ``golden.write_golden``, ``generation.stream``, ``generation.score``)
 take plain arguments. ``main`` takes the arguments as a list, so Python code and tests call a
 subcommand as the shell would::
@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import checkpoint, generation, golden, kernels
+from . import checkpoint, generation, golden, kernels, npz
 from .model import Model
 
 DEFAULT_MODEL = "Salesforce/codegen-350M-mono"
@@ -207,7 +207,7 @@ def convert_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("src", help="checkpoint directory, .npz, or hub id such as Salesforce/codegen-350M-mono")
     p.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="the .npz to write")
-    p.add_argument("--dtype", choices=checkpoint.DTYPES, default="float32", help="storage of the 2-D weights (default float32)")
+    p.add_argument("--dtype", choices=npz.DTYPES, default="float32", help="storage of the 2-D weights (default float32)")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     return p
 
@@ -221,7 +221,7 @@ def run_convert(argv: Sequence[str]) -> int:
     progress = _progress_line if sys.stderr.isatty() else None
     t0 = time.perf_counter()
     try:
-        out = checkpoint.convert(args.src, args.output, args.dtype, args.force, log=progress)
+        out = npz.convert(args.src, args.output, args.dtype, args.force, log=progress)
     except (ValueError, OSError, RuntimeError) as e:
         if progress:
             print(file=sys.stderr)

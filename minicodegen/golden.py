@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from . import ops
-from .checkpoint import atomic_output
+from .npz import atomic_output
 from .model import Model, config_to_dict, dequantize, embed, forward, new_cache
 
 # Bumped whenever a name, shape or meaning in the file changes (docs/golden.md says what each

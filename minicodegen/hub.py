@@ -3,7 +3,7 @@
 Hub ids are downloaded with ``huggingface_hub`` (its cache, resume and progress bar; ``HF_ENDPOINT``
 is honoured) and converted once to ``<cache>/<org>--<name>.npz`` (float32), where ``<cache>`` is
 ``$MINICODEGEN_CACHE``, else ``$XDG_CACHE_HOME/minicodegen``, else ``~/.cache/minicodegen``.
-The conversion is ``checkpoint.convert``; ``checkpoint.resolve`` puts the two together.
+The conversion is ``npz.convert``; ``checkpoint.resolve`` puts the two together.
 """
 
 from __future__ import annotations

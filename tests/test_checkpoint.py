@@ -33,7 +33,7 @@ import pytest
 
 from minicodegen import __main__ as cli
 from minicodegen import checkpoint as ck
-from minicodegen import hubfiles
+from minicodegen import hubfiles, npz
 from minicodegen.hub import HubError, HubUnreachableError, cache_path, is_hub_id
 
 torch = pytest.importorskip("torch")
@@ -176,11 +176,11 @@ def test_direct_and_converted_logits(checkpoints, tmp_path, variant):
     d, ref = checkpoints[variant]
     direct = logits(d)
     assert np.abs(direct - ref).max() < 1e-4
-    ck.convert(d, tmp_path / "f32.npz")
+    npz.convert(d, tmp_path / "f32.npz")
     assert np.array_equal(logits(tmp_path / "f32.npz"), direct)
     native = {"float16": "float16", "bfloat16": "bfloat16"}.get(VARIANTS[variant][1])
     if native:  # stored in the source's own dtype: the same numbers, half the file
-        ck.convert(d, tmp_path / "native.npz", dtype=native)
+        npz.convert(d, tmp_path / "native.npz", dtype=native)
         assert np.array_equal(logits(tmp_path / "native.npz"), direct)
         assert (tmp_path / "native.npz").stat().st_size < 0.6 * (tmp_path / "f32.npz").stat().st_size
 
@@ -206,8 +206,8 @@ def test_bfloat16_rounding_matches_torch():
     x = np.concatenate([np.random.default_rng(1).standard_normal(10_000).astype(np.float32) * 10.0 ** np.arange(-5, 5).repeat(1000),
                         np.array([0.0, -0.0, np.inf, -np.inf, 3.4e38, 1e-40], np.float32)])  # fmt: skip
     want = torch.from_numpy(x).bfloat16().view(torch.int16).numpy().view(np.uint16)
-    assert np.array_equal(ck.to_bfloat16(x), want)
-    assert ck.to_bfloat16(np.array([np.nan, -np.nan], np.float32)).tolist() == [0x7FC0, 0x7FC0]
+    assert np.array_equal(npz.to_bfloat16(x), want)
+    assert npz.to_bfloat16(np.array([np.nan, -np.nan], np.float32)).tolist() == [0x7FC0, 0x7FC0]
 
 
 def test_wrong_and_missing_weights_are_named(checkpoints, tmp_path):
@@ -219,7 +219,7 @@ def test_wrong_and_missing_weights_are_named(checkpoints, tmp_path):
     weights["transformer.h.1.mlp.fc_in.weight"] = np.zeros((255, 64), np.float32)
     save_file(weights, str(d / "model.safetensors"))
     with pytest.raises(ValueError, match=r"transformer\.h\.1\.mlp\.fc_in\.weight.*\(255, 64\).*\(256, 64\)"):
-        ck.convert(d, tmp_path / "x.npz")
+        npz.convert(d, tmp_path / "x.npz")
     del weights["transformer.h.1.mlp.fc_in.weight"]
     save_file(weights, str(d / "model.safetensors"))
     with pytest.raises(ValueError, match=r"missing weight 'transformer\.h\.1\.mlp\.fc_in\.weight'.*\(256, 64\)"):
@@ -232,7 +232,7 @@ def test_wrong_and_missing_weights_are_named(checkpoints, tmp_path):
 
 def test_npz_layout(checkpoints, tmp_path):
     d = checkpoints["bin-fp16"][0]
-    out = ck.convert(d, tmp_path / "m.npz", dtype="int8")
+    out = npz.convert(d, tmp_path / "m.npz", dtype="int8")
     with zipfile.ZipFile(out) as zf:
         infos = zf.infolist()
     assert all(i.compress_type == zipfile.ZIP_STORED for i in infos)
@@ -245,11 +245,11 @@ def test_npz_layout(checkpoints, tmp_path):
         assert json.loads(z["__meta__"].tobytes())["dtype"] == "int8"
         assert json.loads(z["__config__"].tobytes())["n_embd"] == 64
         plain = {k: z[k] for k in z.files}
-    cfg, weights, tok = ck.read_npz(out)
+    cfg, weights, tok = npz.read_npz(out)
     assert tok == {n: (d / n).read_bytes() for n in ("vocab.json", "merges.txt", "added_tokens.json")}
     for name, w in weights.items():
         assert np.array_equal(w, plain[name]), name
-        assert w.__array_interface__["data"][0] % ck.ALIGN == 0, f"{name} is not {ck.ALIGN}-byte aligned"
+        assert w.__array_interface__["data"][0] % npz.ALIGN == 0, f"{name} is not {npz.ALIGN}-byte aligned"
     assert weights["transformer.h.0.attn.qkv_proj.weight"].dtype == np.int8
     assert weights["transformer.h.0.attn.qkv_proj.weight.scale"].shape == (192,)
     assert weights["transformer.wte.weight.scale"].shape == (VOCAB,)
@@ -258,8 +258,8 @@ def test_npz_layout(checkpoints, tmp_path):
 
 
 def test_npz_bfloat16_is_uint16_with_note(checkpoints, tmp_path):
-    out = ck.convert(checkpoints["safetensors"][0], tmp_path / "m.npz", dtype="bfloat16")
-    _, weights, _ = ck.read_npz(out)
+    out = npz.convert(checkpoints["safetensors"][0], tmp_path / "m.npz", dtype="bfloat16")
+    _, weights, _ = npz.read_npz(out)
     with np.load(out) as z:
         meta = json.loads(z["__meta__"].tobytes())
     assert meta["dtype"] == "bfloat16" and "bfloat16 bit patterns" in meta["note"]
@@ -269,19 +269,19 @@ def test_npz_bfloat16_is_uint16_with_note(checkpoints, tmp_path):
 def test_npz_refuses_object_arrays_and_foreign_files(tmp_path):
     np.savez(tmp_path / "obj.npz", __config__=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError, match=r"obj\.npz.*Python objects"):
-        ck.read_npz(tmp_path / "obj.npz")
+        npz.read_npz(tmp_path / "obj.npz")
     np.savez(tmp_path / "plain.npz", x=np.zeros(3))
     with pytest.raises(ValueError, match=r"plain\.npz.*no __config__"):
-        ck.read_npz(tmp_path / "plain.npz")
+        npz.read_npz(tmp_path / "plain.npz")
     np.savez_compressed(tmp_path / "zipped.npz", x=np.zeros(3))
     with pytest.raises(ValueError, match=r"zipped\.npz.*compressed"):
-        ck.read_npz(tmp_path / "zipped.npz")
+        npz.read_npz(tmp_path / "zipped.npz")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
 def test_npz_fast_path_and_tokenizer(checkpoints, tmp_path, dtype):
     """The Numba kernels take the read-only mapped arrays; the tokenizer comes back from the .npz."""
-    out = ck.convert(checkpoints["bin-fp16"][0], tmp_path / "m.npz", dtype=dtype)
+    out = npz.convert(checkpoints["bin-fp16"][0], tmp_path / "m.npz", dtype=dtype)
     fast, slow = ck.load_model(out, fast=True), ck.load_model(out, fast=False)
     assert np.abs(fast.logits(IDS) - slow.logits(IDS)).max() < 1e-4
     tok = fast.tokenizer
@@ -303,19 +303,19 @@ def _backed_by_mmap(a: np.ndarray) -> bool:
 
 
 def test_npz_loads_memory_mapped(checkpoints, tmp_path):
-    out = ck.convert(checkpoints["safetensors"][0], tmp_path / "m.npz")
+    out = npz.convert(checkpoints["safetensors"][0], tmp_path / "m.npz")
     m = ck.load_model(out, fast=False)
     for name, w in m.weights.items():
         assert _backed_by_mmap(w), f"{name} was read into memory"
         assert not w.flags.writeable
-    bf = ck.load_model(ck.convert(checkpoints["safetensors"][0], tmp_path / "bf.npz", dtype="bfloat16"), fast=False)
+    bf = ck.load_model(npz.convert(checkpoints["safetensors"][0], tmp_path / "bf.npz", dtype="bfloat16"), fast=False)
     assert all(_backed_by_mmap(w) for w in bf.weights.values())
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
 def test_npz_read_into_memory(checkpoints, tmp_path, dtype):
     """mapped=False: the same arrays, in memory of their own; the same logits."""
-    out = ck.convert(checkpoints["safetensors"][0], tmp_path / "m.npz", dtype=dtype)
+    out = npz.convert(checkpoints["safetensors"][0], tmp_path / "m.npz", dtype=dtype)
     mapped, in_mem = ck.load_model(out, fast=True), ck.load_model(out, fast=True, mapped=False)
     assert mapped.weights.keys() == in_mem.weights.keys()
     for name, w in in_mem.weights.items():
@@ -345,7 +345,7 @@ def test_loading_does_not_read_the_weights(tmp_path):
 
     cfg = config_from_dict({"vocab_size": 32768, "n_embd": 512, "n_layer": 2, "n_head": 8, "rotary_dim": 16, "n_positions": 128})
     weights = ((n, np.full(s, 0.01, np.float32)) for n, s in expected_shapes(cfg).items())
-    path = ck.write_npz(tmp_path / "big.npz", cfg, weights)
+    path = npz.write_npz(tmp_path / "big.npz", cfg, weights)
     r = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(path)], capture_output=True, text=True, check=True)
     at_load, after_touch, size = map(int, r.stdout.split())
     assert size > 140e6
@@ -359,7 +359,7 @@ def test_loading_does_not_read_the_weights(tmp_path):
 def test_int8_quantization_is_per_row_and_symmetric():
     w = np.random.default_rng(2).standard_normal((50, 40)).astype(np.float32) * np.linspace(0.1, 5, 50)[:, None]
     w[3] = 0
-    q, s = ck.quantize_int8(w, chunk=16)
+    q, s = npz.quantize_int8(w, chunk=16)
     assert q.dtype == np.int8 and s.dtype == np.float32 and s.shape == (50,)
     assert np.abs(q).max() == 127 and s[3] == 0 and not q[3].any()
     assert np.allclose(np.abs(w).max(axis=1), s * 127)
@@ -376,8 +376,8 @@ def greedy(m, prompt: np.ndarray, steps: int) -> np.ndarray:
 def test_int8_accuracy(checkpoints, tmp_path, capsys):
     """Measures int8 against float32 on a random checkpoint (random weights: logits are small)."""
     d = checkpoints["safetensors"][0]
-    f32 = ck.load_model(ck.convert(d, tmp_path / "f32.npz"), fast=False)
-    i8 = ck.load_model(ck.convert(d, tmp_path / "i8.npz", dtype="int8"), fast=False)
+    f32 = ck.load_model(npz.convert(d, tmp_path / "f32.npz"), fast=False)
+    i8 = ck.load_model(npz.convert(d, tmp_path / "i8.npz", dtype="int8"), fast=False)
     ids = np.random.default_rng(3).integers(0, VOCAB, size=(4, 64))
     a, b = f32.logits(ids), i8.logits(ids)
     delta = np.abs(a - b).max()
@@ -493,17 +493,17 @@ def test_damaged_checkpoint_files_are_named(checkpoints, tmp_path, variant, name
     name = path.name
     _damage(path, how, where)
     with pytest.raises(ValueError, match=re.escape(name)):
-        ck.convert(d, tmp_path / "out.npz")
+        npz.convert(d, tmp_path / "out.npz")
     assert not (tmp_path / "out.npz").exists()
 
 
 @pytest.mark.parametrize("how, where, verify", [("truncate", 0.5, False), ("truncate", 0.9999, False),
                                                 ("corrupt", 0, False), ("empty", 0, False), ("corrupt", 0.5, True)])  # fmt: skip
 def test_damaged_npz_is_named(checkpoints, tmp_path, how, where, verify):
-    out = ck.convert(checkpoints["safetensors"][0], tmp_path / "model.npz")
+    out = npz.convert(checkpoints["safetensors"][0], tmp_path / "model.npz")
     _damage(out, how, where)
     with pytest.raises(ValueError, match=r"model\.npz"):
-        ck.read_npz(out, verify=verify)
+        npz.read_npz(out, verify=verify)
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -513,14 +513,14 @@ def test_existing_output_is_kept_without_force(checkpoints, tmp_path):
     out = tmp_path / "m.npz"
     out.write_bytes(b"precious")
     with pytest.raises(FileExistsError, match="force"):
-        ck.convert(checkpoints["safetensors"][0], out)
+        npz.convert(checkpoints["safetensors"][0], out)
     assert out.read_bytes() == b"precious"
-    ck.convert(checkpoints["safetensors"][0], out, force=True)
-    assert ck.read_npz(out)[0].n_layer == 2
+    npz.convert(checkpoints["safetensors"][0], out, force=True)
+    assert npz.read_npz(out)[0].n_layer == 2
 
 
 def test_failed_conversion_leaves_nothing(checkpoints, tmp_path, monkeypatch):
-    real, calls = ck.encode, []
+    real, calls = npz.encode, []
 
     def failing(*args, **kw):
         calls.append(1)
@@ -528,21 +528,21 @@ def test_failed_conversion_leaves_nothing(checkpoints, tmp_path, monkeypatch):
             raise OSError("disk full (simulated)")
         return real(*args, **kw)
 
-    monkeypatch.setattr(ck, "encode", failing)
+    monkeypatch.setattr(npz, "encode", failing)
     with pytest.raises(OSError, match="simulated"):
-        ck.convert(checkpoints["safetensors"][0], tmp_path / "m.npz")
+        npz.convert(checkpoints["safetensors"][0], tmp_path / "m.npz")
     assert list(tmp_path.iterdir()) == []
 
 
 KILLED_SCRIPT = """
 import sys, time
-from minicodegen import checkpoint as ck
-real = ck.encode
+from minicodegen import npz
+real = npz.encode
 def slow(*a, **k):
     time.sleep(0.3)
     return real(*a, **k)
-ck.encode = slow
-ck.convert(sys.argv[1], sys.argv[2])
+npz.encode = slow
+npz.convert(sys.argv[1], sys.argv[2])
 """
 
 

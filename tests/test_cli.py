@@ -56,9 +56,9 @@ def test_prompt_argument_streams_the_completion(ckpt):
 
 
 def test_in_memory_model_gives_the_same_completion(ckpt, tmp_path):
-    from minicodegen import checkpoint
+    from minicodegen.npz import convert
 
-    npz = checkpoint.convert(ckpt, tmp_path / "m.npz", dtype="int8")
+    npz = convert(ckpt, tmp_path / "m.npz", dtype="int8")
     args = ("def add(a, b):", "--model", str(npz), "--max-new-tokens", "12", "--no-truncate")
     a, b = run(*args), run(*args, "--in-memory")
     assert a.returncode == b.returncode == 0, (a.stderr, b.stderr)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import minicodegen
-from minicodegen import checkpoint
+from minicodegen import checkpoint, npz
 from minicodegen.model import dequantize
 
 DATA = Path(minicodegen.__file__).parent / "data"
@@ -77,7 +77,7 @@ def hf_from_tiny():
     import torch
     from transformers import CodeGenConfig, CodeGenForCausalLM
 
-    cfg, stored, _ = checkpoint.read_npz(TINY)
+    cfg, stored, _ = npz.read_npz(TINY)
     config = CodeGenConfig(
         vocab_size=cfg.vocab_size, n_positions=cfg.n_positions, n_ctx=cfg.n_positions, n_embd=cfg.n_embd,
         n_layer=cfg.n_layer, n_head=cfg.n_head, rotary_dim=cfg.rotary_dim, n_inner=cfg.n_inner,

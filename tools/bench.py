@@ -144,7 +144,7 @@ def w_build(a: dict) -> None:
     import torch
     from transformers import CodeGenConfig, CodeGenForCausalLM
 
-    from minicodegen.checkpoint import convert
+    from minicodegen.npz import convert
 
     work = Path(a["work"])
     hf_dir = work / "hf"
@@ -721,7 +721,7 @@ def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch) 
         return "default OpenMP" if TORCH_CONFIGS[key]["omp"] is None else f"OMP_WAIT_POLICY={TORCH_CONFIGS[key]['omp']}"
 
     print("\n## Performance\n")
-    print(f"CodeGen-{shape} shape (random weights built with transformers, converted by `minicodegen.checkpoint.convert`), "
+    print(f"CodeGen-{shape} shape (random weights built with transformers, converted by `minicodegen.npz.convert`), "
           f"{th} threads on both sides, median of {len(res[DTYPES[0]]['decode_runs_s'])} runs in {rounds} rounds of alternating order (`python tools/bench.py{' --2b' if shape == '2B' else ''}"
           f"{' --smoke' if shape == 'smoke' else ''} --threads {th}`).\n")
     print(f"Machine: {m['cpu']} ({m['flags']}), {m['cores']} cores, {m['mem_gib']:.0f} GiB RAM; load average at start "

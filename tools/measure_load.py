@@ -31,6 +31,7 @@ CHILD = r"""
 import json, os, sys, time
 import numpy as np
 from minicodegen import checkpoint as ck
+from minicodegen import npz
 
 def status(field):  # MB; VmHWM is this process's peak (ru_maxrss would include the parent's, from fork)
     return int(next(l for l in open("/proc/self/status") if l.startswith(field + ":")).split()[1]) / 1024
@@ -44,7 +45,7 @@ def peak():
 what, path = sys.argv[1], sys.argv[2]
 if what == "convert":
     t = time.perf_counter()
-    ck.convert(path, sys.argv[3], dtype=sys.argv[4], force=True)
+    npz.convert(path, sys.argv[3], dtype=sys.argv[4], force=True)
     print(json.dumps({"seconds": time.perf_counter() - t, "peak_mb": peak()}))
     sys.exit()
 if len(sys.argv) > 3 and sys.argv[3] == "cold":

@@ -50,7 +50,7 @@ from .decode import decode_block
 from .elementwise import apply_rotary, gelu_new, layer_norm
 from .gemv import STREAM_MAX_T, linear_bf16, linear_f16, linear_f32, linear_int8
 
-# Weight dtypes of a checkpoint (checkpoint.DTYPES).
+# Weight dtypes of a checkpoint (npz.DTYPES).
 DTYPES = ("float32", "bfloat16", "int8", "float16")
 
 _HERE = Path(__file__).resolve().parent
