@@ -136,8 +136,11 @@ def test_unreachable_hub_says_how_to_pass_a_model(tmp_path):
 
 
 def test_ctrl_c_stops_cleanly(ckpt):
+    # SIGINT as a terminal delivers it, even when this test runs under a shell that started it in the
+    # background (which makes the children ignore SIGINT, and Python then keeps ignoring it)
     proc = subprocess.Popen([sys.executable, "-m", "minicodegen", "def f():", "--model", str(ckpt), "--max-new-tokens",
-                             "2000", "--no-truncate"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                             "2000", "--no-truncate"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     assert proc.stdout.read(8) == "def f():"  # the model is loaded and generating
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
