@@ -128,7 +128,7 @@ def read_prompt(prompt: str | None) -> str:
     return prompt
 
 
-COMPILING = "minicodegen: compiling kernels for this CPU (first run only, about 20 s)..."
+COMPILING = "minicodegen: compiling kernels for this CPU (first run only, about 30 s)..."
 
 
 def weights_dtype(model: Model) -> str:
