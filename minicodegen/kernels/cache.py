@@ -295,7 +295,7 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
 
 def _model_signatures(dtype: str, prompt_tokens: int) -> list[tuple[Callable, tuple]]:
     """The kernels and signatures that ``model.forward`` calls for one prompt of ``prompt_tokens``
-    tokens (fp32 reference layout, one row) and then decode steps, with weights of ``dtype``:
+    tokens (a batch of one row) and then decode steps, with weights of ``dtype``:
     a subset of the warm-up's (the model passes boolean masks only, and rotates strided views).
     tests/test_kernels_cache.py checks that a process which ran such a generation compiles
     nothing in the next one."""
