@@ -1,7 +1,9 @@
-"""End-to-end speed of minicodegen against transformers on the same CPU (issue 6).
+"""End-to-end speed of minicodegen against transformers and CTranslate2 on the same CPU (issue 6).
 
 Builds a random-weight CodeGen checkpoint with the real 350M shape (``--2b``: the
-2B shape) with transformers, converts it to fp32 / bf16 / int8 ``.npz`` files,
+2B shape) with transformers, converts it to fp32 / bf16 / int8 ``.npz`` files and,
+if ``ctranslate2`` is installed (``pip install .[bench]``), to CTranslate2 models
+(``ctranslate2.converters.TransformersConverter``, ``quantization`` float32 and int8),
 then measures with the same number of threads (``--threads``, default 2):
 
 * prefill: seconds to read a 512-token prompt into an empty KV cache, logits of
@@ -21,8 +23,21 @@ then measures with the same number of threads (``--threads``, default 2):
 * agreement of bf16 / int8 with fp32: greedy identical-prefix length over 128
   tokens, teacher-forced argmax agreement (fed the fp32 tokens), max |logits
   difference| on the prompt; fp32 against the NumPy definition and transformers;
+* batch: new tokens/s of one greedy generation of ``batch_B`` = 8 prompts of 32 tokens,
+  64 new tokens each, end to end (prompt included; minicodegen: ``minicodegen.generate(model,
+  [8 id lists], max_new_tokens=64)``; transformers: ``generate`` on the left-padded batch with
+  ``min_new_tokens=64``; CTranslate2: ``generate_batch`` with ``min_length=64``);
 * the first-run compile time of the kernels (``kernels.warmup()`` with an empty
   ``NUMBA_CACHE_DIR``) and the time to load them from the on-disk cache.
+
+CTranslate2 (``Generator(dir, compute_type=float32 | int8, intra_threads=--threads,
+inter_threads=1)``; its tokens are strings: the converted vocabulary is the ids written in
+decimal, so prompts go in as ``str(id)`` and results come back as ``sequences_ids``):
+decode is the time from the callback of the first new token of ``generate_batch`` to that of
+the 129th (128 steps after a 32-token prompt, as the others); prefill is ``generate_batch``
+with ``max_length=1, include_prompt_in_result=False`` (the time to the first new token; see
+``w_ct2``).  A second table puts every engine's decode, prefill and batch figures side by side
+with ratios against CTranslate2 int8.
 
 Every timing is the median of ``--reps`` (default 5) runs after an untimed warm-up.
 
@@ -42,7 +57,7 @@ OPENBLAS/OMP/MKL_NUM_THREADS).  minicodegen's Numba workers spin briefly, then s
 Ratios compare figures of the same run (the machine may be shared).
 Prints a markdown table for README.md at the end.
 
-    python tools/bench.py [--threads 2] [--reps 5] [--2b] [--no-torch] [--workdir DIR]
+    python tools/bench.py [--threads 2] [--reps 5] [--2b] [--no-torch] [--no-ct2] [--workdir DIR]
     python tools/bench.py --smoke        # tiny shape, seconds: checks the script runs
 """
 
@@ -81,6 +96,12 @@ MCG_CONFIGS = {
     **{dt: {"label": f"minicodegen {SHORT[dt]}", "dtype": dt, "mapped": False} for dt in DTYPES},
     **{f"{dt}-mapped": {"label": f"minicodegen {SHORT[dt]} (mapped)", "dtype": dt, "mapped": True} for dt in DTYPES},
 }
+# CTranslate2: one converted model per quantization (written to <workdir>/ct2-<dtype>), loaded with
+# the same compute_type; "dtype" also names the minicodegen weights whose bytes per token it reads.
+CT2_CONFIGS = {
+    f"ct2-{dt}": {"label": f"CTranslate2 {SHORT[dt]}", "dtype": dt, "compute_type": dt} for dt in ("float32", "int8")
+}
+CT2_REF = "ct2-int8"  # the reference of the engines table
 # issue 6 targets (350M, 2 threads): decode speed-up over transformers fp32, per weight dtype
 DECODE_TARGET = {"float32": 1.4, "bfloat16": 2.5, "int8": 4.0}
 PREFILL_TARGET = 1.0  # minicodegen prefill time / transformers prefill time, at most
@@ -127,6 +148,12 @@ def token_ids(n: int, vocab: int, seed: int) -> list[int]:
     return np.random.default_rng(seed).integers(0, vocab - 1, n).tolist()
 
 
+def batch_prompts(a: dict, vocab: int) -> list[list[int]]:
+    """The prompts of the batch figure: ``batch_B`` different prompts of ``prompt_T`` tokens (the
+    same on every side; equal lengths, so no engine spends steps on padding)."""
+    return [token_ids(a["prompt_T"], vocab, 100 + b) for b in range(a["batch_B"])]
+
+
 def progress(msg: str) -> None:
     """A line on stderr (passed through by the parent) so that a long run shows where it is."""
     print(f"  [{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -134,6 +161,16 @@ def progress(msg: str) -> None:
 
 def result(obj: dict) -> None:
     print("RESULT " + json.dumps(obj), flush=True)
+
+
+def _batch_runs(run_batch, a: dict) -> dict:
+    """The batch figure: one short untimed run (the batched shapes warm), then ``reps`` timed runs
+    of ``batch_new_T`` new tokens per prompt; ``run_batch(n)`` returns (seconds, new tokens made)."""
+    run_batch(2)
+    runs = [run_batch(a["batch_new_T"]) for _ in range(a["reps"])]
+    tokens = min(r[1] for r in runs)
+    progress(f"  batch of {a['batch_B']} x {a['batch_new_T']}: {tokens / median([r[0] for r in runs]):.2f} new tok/s")
+    return {"batch_runs_s": [r[0] for r in runs], "batch_tokens": tokens}
 
 
 # ----------------------------------------------------------------------------- workers (subprocesses)
@@ -283,6 +320,15 @@ def w_mcg(a: dict) -> None:
         t1 = time.perf_counter()
         forward(model, prompt[None], cache=new_cache(cfg, 1, a["prompt_T"] + 1), last_only=True)
         extra["generate_tps"] = a["new_T"] / ((t1 - t0) - (time.perf_counter() - t1))
+    if a.get("batch", True):
+        batch = batch_prompts(a, cfg.vocab_size)
+
+        def run_batch(n: int) -> tuple[float, int]:  # a batch of id lists: left-padded, run together
+            t0 = time.perf_counter()
+            out = minicodegen.generate(model, batch, max_new_tokens=n)
+            return time.perf_counter() - t0, sum(len(r) for r in out)  # a row ends early at EOS
+
+        extra |= _batch_runs(run_batch, a)
     result({
         **extra,
         "threads": n, "mapped": bool(a["mapped"]), "load_s": t_load, "weight_bytes": wbytes,
@@ -355,10 +401,155 @@ def w_hf(a: dict) -> None:
         return (t1 - t0) - (time.perf_counter() - t1)
 
     extra = {"generate_tps": a["new_T"] / gen()} if a.get("generate", True) else {}  # one run: the model is warm
+    if a.get("batch", True):
+        batch = batch_prompts(a, cfg.vocab_size)
+        T = max(len(p) for p in batch)
+        ids = torch.full((len(batch), T), cfg.eos_token_id, dtype=torch.long)  # left padding
+        mask = torch.zeros((len(batch), T), dtype=torch.long)
+        for b, p in enumerate(batch):
+            ids[b, T - len(p):], mask[b, T - len(p):] = torch.tensor(p), 1
+
+        @torch.inference_mode()
+        def run_batch(n: int) -> tuple[float, int]:
+            t0 = time.perf_counter()
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                 pad_token_id=cfg.eos_token_id)
+            return time.perf_counter() - t0, int(out.shape[0] * (out.shape[1] - T))
+
+        extra |= _batch_runs(run_batch, a)
     result({
         "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "load_s": t_load, "weight_bytes": wbytes,
         "decode_runs_s": dec_s, "decode_tps": a["new_T"] / median(dec_s), "tokens": runs[0][1],
         **extra,
+        "prefill_runs_s": pre_s, "prefill_s": median(pre_s),
+        "rss_start": st0.get("VmRSS", 0), "rss_base": st_base.get("VmRSS", 0),
+        "peak_rss": st_dec.get("VmHWM", 0), "rss_anon": st_dec.get("RssAnon", 0), "rss_file": st_dec.get("RssFile", 0),
+    })  # fmt: skip
+
+
+def w_ct2convert(a: dict) -> None:
+    """The transformers checkpoint converted to CTranslate2 once per quantization (<work>/ct2-<dtype>).
+
+    The checkpoint has no tokenizer files (``w_build`` writes the model only, and the smoke shape's
+    1024-token vocabulary fits no real tokenizer), so the converter is given a stand-in tokenizer
+    whose vocabulary is the ids written in decimal: CTranslate2's token ``str(i)`` is id ``i``."""
+    from ctranslate2.converters import TransformersConverter
+
+    work = Path(a["work"])
+    hf = json.loads((work / "hf" / "config.json").read_text())
+    eos = str(hf["eos_token_id"])
+
+    class IdVocabulary:  # what CodeGen's conversion reads of a tokenizer
+        bos_token = eos_token = unk_token = eos
+
+        @staticmethod
+        def get_vocab() -> dict[str, int]:
+            return {str(i): i for i in range(hf["vocab_size"])}
+
+    class Converter(TransformersConverter):
+        def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
+            return IdVocabulary()
+
+    out = {}
+    for dt in a["dtypes"]:
+        t0 = time.perf_counter()
+        tmp, dst = work / f"ct2-{dt}.tmp", work / f"ct2-{dt}"
+        Converter(str(work / "hf")).convert(str(tmp), quantization=dt, force=True)
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+        out[dt] = time.perf_counter() - t0
+    result({"convert_s": out})
+
+
+def w_ct2(a: dict) -> None:
+    """CTranslate2: decode runs (peak RSS read right after them), prefill runs, batch runs.
+
+    Tokens are strings of the converted vocabulary (``str(id)``, see ``w_ct2convert``); greedy is
+    ``beam_size=1, sampling_topk=1``.  What is timed:
+
+    * decode: ``generate_batch([prompt], max_length=N+1, min_length=N+1,
+      include_prompt_in_result=False, callback=...)``; the callback runs after every new token, so
+      the time from its first call to its last is that of N single-token steps with the KV cache
+      (the prompt and the first token excluded), as the other engines' decode figure;
+    * prefill: ``generate_batch([512 tokens], max_length=1, include_prompt_in_result=False)``, the
+      time to the first new token.  With ``include_prompt_in_result=False`` CTranslate2 forwards the
+      first 511 tokens at once into the KV cache (no output layer), then one decoding step on the
+      last token gives the logits of the last position only, as the other engines' prefill.
+      ``forward_batch([512 tokens])`` is not used: it returns the logits of all 512 positions
+      (512 x vocab through the output layer, no cache); it is timed once in the first round, for
+      comparison only (``forward_batch_s``);
+    * batch: ``generate_batch(8 prompts, max_length=64, min_length=64,
+      include_prompt_in_result=False)`` end to end (``min_length``: no row ends early at EOS).
+    """
+    import ctranslate2
+
+    st0 = proc_status()
+    st_base = proc_status()  # ctranslate2 imported, no model loaded
+    t0 = time.perf_counter()
+    gen = ctranslate2.Generator(a["model_dir"], device="cpu", compute_type=a["compute_type"],
+                                intra_threads=a["threads"], inter_threads=1)
+    t_load = time.perf_counter() - t0
+    V = a["vocab_size"]
+    prompt = [str(i) for i in token_ids(a["prompt_T"], V, 1)]
+    greedy = dict(beam_size=1, sampling_topk=1, include_prompt_in_result=False)
+
+    def decode(steps: int = a["new_T"]) -> tuple[float, list[int]]:
+        stamps: list[float] = []
+
+        def on_token(step) -> bool:  # called after each new token; False: go on
+            stamps.append(time.perf_counter())
+            return False
+
+        r = gen.generate_batch([prompt], max_length=steps + 1, min_length=steps + 1, callback=on_token, **greedy)
+        toks = list(r[0].sequences_ids[0])
+        assert len(toks) == len(stamps) == steps + 1, (len(toks), len(stamps))
+        return stamps[-1] - stamps[0], toks
+
+    progress(f"CTranslate2 {a['compute_type']} (compute type {gen.compute_type}): loaded in {t_load:.2f} s, decoding")
+    decode(16)
+    runs = []
+    for i in range(a["reps"]):
+        runs.append(decode())
+        progress(f"  decode run {i + 1}/{a['reps']}: {a['new_T'] / runs[-1][0]:.2f} tok/s")
+    st_dec = proc_status()
+    dec_s = [r[0] for r in runs]
+
+    long = [str(i) for i in token_ids(a["prefill_T"], V, 2)]
+
+    def prefill() -> float:
+        t0 = time.perf_counter()
+        gen.generate_batch([long], max_length=1, **greedy)
+        return time.perf_counter() - t0
+
+    prefill()
+    pre_s = [prefill() for _ in range(a["reps"])]
+    progress(f"  prefill {a['prefill_T']} tokens: {median(pre_s):.3f} s")
+    extra: dict = {}
+    if a.get("generate", True):
+        # cross-check of the decode figure: generate_batch end to end without a callback, minus a prefill of the prompt
+        t0 = time.perf_counter()
+        gen.generate_batch([prompt], max_length=a["new_T"] + 1, min_length=a["new_T"] + 1, **greedy)
+        t1 = time.perf_counter()
+        gen.generate_batch([prompt], max_length=1, **greedy)
+        extra["generate_tps"] = a["new_T"] / ((t1 - t0) - (time.perf_counter() - t1))
+        gen.forward_batch([long])
+        t0 = time.perf_counter()
+        gen.forward_batch([long])
+        extra["forward_batch_s"] = time.perf_counter() - t0
+    if a.get("batch", True):
+        batch = [[str(i) for i in p] for p in batch_prompts(a, V)]
+
+        def run_batch(n: int) -> tuple[float, int]:
+            t0 = time.perf_counter()
+            out = gen.generate_batch(batch, max_length=n, min_length=n, **greedy)
+            return time.perf_counter() - t0, sum(len(r.sequences_ids[0]) for r in out)
+
+        extra |= _batch_runs(run_batch, a)
+    result({
+        **extra,
+        "compute_type": gen.compute_type, "load_s": t_load,
+        "weight_bytes": (Path(a["model_dir"]) / "model.bin").stat().st_size,
+        "decode_runs_s": dec_s, "decode_tps": a["new_T"] / median(dec_s), "tokens": runs[0][1],
         "prefill_runs_s": pre_s, "prefill_s": median(pre_s),
         "rss_start": st0.get("VmRSS", 0), "rss_base": st_base.get("VmRSS", 0),
         "peak_rss": st_dec.get("VmHWM", 0), "rss_anon": st_dec.get("RssAnon", 0), "rss_file": st_dec.get("RssFile", 0),
@@ -421,7 +612,8 @@ def w_agree(a: dict) -> None:
     result(out)
 
 
-WORKERS = {"build": w_build, "compile": w_compile, "memrate": w_memrate, "mcg": w_mcg, "hf": w_hf, "agree": w_agree}
+WORKERS = {"build": w_build, "compile": w_compile, "memrate": w_memrate, "mcg": w_mcg, "hf": w_hf,
+           "ct2convert": w_ct2convert, "ct2": w_ct2, "agree": w_agree}
 
 
 def cpu_jiffies() -> tuple[int, int]:
@@ -493,7 +685,7 @@ def machine() -> dict:
         info["mem_gib"] = 0.0
     info["load"] = os.getloadavg()
     vers = []
-    for pkg in ("numpy", "numba", "torch", "transformers"):
+    for pkg in ("numpy", "numba", "torch", "transformers", "ctranslate2"):
         try:
             vers.append(f"{pkg} {metadata.version(pkg)}")
         except metadata.PackageNotFoundError:
@@ -522,6 +714,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--2b", dest="two_b", action="store_true", help="the 2B shape instead of 350M")
     ap.add_argument("--smoke", action="store_true", help="tiny shape and sizes: checks that everything runs")
     ap.add_argument("--no-torch", action="store_true", help="skip transformers (both OpenMP configurations)")
+    ap.add_argument("--no-ct2", action="store_true", help="skip CTranslate2 (measured if ctranslate2 is installed)")
     ap.add_argument("--workdir", default=None, help="where the checkpoints go (default: $TMPDIR/minicodegen-bench-<shape>)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the checkpoints even if present")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -538,11 +731,13 @@ def main(argv: list[str] | None = None) -> None:
         WORKERS[args.worker[0]](json.loads(args.worker[1]))
         return
     shape = "smoke" if args.smoke else ("2B" if args.two_b else "350M")
-    sizes = dict(prefill_T=64, prompt_T=8, new_T=16) if args.smoke else dict(prefill_T=512, prompt_T=32, new_T=128)
+    sizes = (dict(prefill_T=64, prompt_T=8, new_T=16, batch_B=8, batch_new_T=16) if args.smoke
+             else dict(prefill_T=512, prompt_T=32, new_T=128, batch_B=8, batch_new_T=64))
     reps = 2 if args.smoke else max(1, args.reps)
     mem_bytes = 64 << 20 if args.smoke else 1 << 30
     th = args.threads
     has_torch = not args.no_torch and all(_installed(p) for p in ("torch", "transformers"))
+    has_ct2 = not args.no_ct2 and _installed("ctranslate2")
     work = Path(args.workdir or Path(tempfile.gettempdir()) / f"minicodegen-bench-{shape}")
     t_start = time.perf_counter()
 
@@ -555,6 +750,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"software: Python {m['python']}, {m['versions']}; numpy BLAS: {m['blas']}")
     if not has_torch:
         print("transformers / torch: not measured" + (" (--no-torch)" if args.no_torch else " (not installed)"))
+    if not has_ct2:
+        print("CTranslate2: not measured" + (" (--no-ct2)" if args.no_ct2 else
+                                             " (ctranslate2 not installed: pip install ctranslate2, or .[bench])"))
 
     # 1. checkpoints -----------------------------------------------------------------
     stamp = work / "stamp.json"
@@ -570,6 +768,17 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"checkpoint: reusing {work} (--rebuild to rebuild)")
     sizes_on_disk = {dt: (work / f"{dt}.npz").stat().st_size for dt in DTYPES}
+    if has_ct2:
+        todo = [c["dtype"] for c in CT2_CONFIGS.values() if not (work / f"ct2-{c['dtype']}" / "model.bin").exists()]
+        if todo and not (_installed("torch") and _installed("transformers")):
+            has_ct2 = False
+            print("CTranslate2: not measured (its conversion reads the checkpoint with torch and transformers)")
+        elif todo:
+            r = run_worker("ct2convert", {"work": str(work), "dtypes": todo}, th)
+            print("CTranslate2: converted with TransformersConverter, "
+                  + ", ".join(f"quantization={dt} in {t:.1f} s" for dt, t in r["convert_s"].items()))
+        else:
+            print(f"CTranslate2: reusing {', '.join(str(work / k) for k in CT2_CONFIGS)}")
 
     # 2. compile time ----------------------------------------------------------------
     with tempfile.TemporaryDirectory(prefix="numba-cache-") as d:
@@ -591,7 +800,9 @@ def main(argv: list[str] | None = None) -> None:
     # nothing inherited from this process's environment) and OMP_WAIT_POLICY=PASSIVE (sleeping
     # workers); the ratios use the better of the two per figure (see the module docstring).
     torch_env = {k: {"OMP_WAIT_POLICY": c["omp"], "GOMP_SPINCOUNT": None} for k, c in TORCH_CONFIGS.items()}
-    order = (list(TORCH_CONFIGS) if has_torch else []) + list(MCG_CONFIGS)
+    order = (list(TORCH_CONFIGS) if has_torch else []) + (list(CT2_CONFIGS) if has_ct2 else []) + list(MCG_CONFIGS)
+    # CTranslate2 with its default OpenMP environment too (nothing inherited from this process's)
+    ct2_env = {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}
     res: dict[str, dict] = {}
     rates: list[dict] = []
     for rnd in range(rounds):
@@ -600,9 +811,14 @@ def main(argv: list[str] | None = None) -> None:
               f"over {rates[-1]['bytes'] / 1e9:.2f} GB, {th} threads, {100 * rates[-1].get('huge_fraction', 0):.0f}% of it "
               f"on huge pages); load average {os.getloadavg()[0]:.2f}", flush=True)
         for key in order if rnd % 2 == 0 else order[::-1]:
-            a = {**common, "generate": rnd == 0}
+            # the batch figure: not for the mapped rows (the same arithmetic as in memory)
+            a = {**common, "generate": rnd == 0, "batch": not MCG_CONFIGS.get(key, {}).get("mapped", False)}
             if key in TORCH_CONFIGS:
                 r = run_worker("hf", {**a, "hf_dir": str(work / "hf")}, th, torch_env[key])
+            elif key in CT2_CONFIGS:
+                c = CT2_CONFIGS[key]
+                r = run_worker("ct2", {**a, "model_dir": str(work / key), "compute_type": c["compute_type"],
+                                       "vocab_size": SHAPES[shape]["vocab_size"]}, th, ct2_env)
             else:
                 c = MCG_CONFIGS[key]
                 r = run_worker("mcg", {**a, "npz": str(work / f"{c['dtype']}.npz"), "mapped": c["mapped"]}, th)
@@ -635,18 +851,23 @@ def main(argv: list[str] | None = None) -> None:
         a, b = res["float32"]["tokens"], res["torch"]["tokens"]
         same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         print(f"  greedy tokens, minicodegen fp32 vs transformers fp32: identical prefix {same}/{len(a)}")
+    for key, other in (("ct2-float32", "float32"), ("ct2-int8", "ct2-float32"), ("ct2-int8", "int8")):
+        if key in res and other in res:
+            a, b = res[key]["tokens"], res[other]["tokens"]
+            same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            print(f"  greedy tokens, {label_of(key)} vs {label_of(other)}: identical prefix {same}/{len(a)}")
     for key, twin in [*((f"{dt}-mapped", dt) for dt in DTYPES), *([("torch-passive", "torch")] if has_torch else [])]:
         if res[key]["tokens"] != res[twin]["tokens"]:  # same weights, same arithmetic: must not differ
             print(f"  WARNING: {label_of(key)} greedy tokens differ from {label_of(twin)}'s")
 
     # 6. summary -------------------------------------------------------------------------
-    _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, sizes_on_disk, has_torch)
+    _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, sizes_on_disk, has_torch, has_ct2)
     print(f"\n(benchmark took {time.perf_counter() - t_start:.0f} s; load average at end "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})")
 
 
 def label_of(key: str) -> str:
-    return (TORCH_CONFIGS.get(key) or MCG_CONFIGS[key])["label"]
+    return (TORCH_CONFIGS.get(key) or CT2_CONFIGS.get(key) or MCG_CONFIGS[key])["label"]
 
 
 def torch_ref(res: dict, field: str, higher: bool) -> tuple[str, float] | None:
@@ -680,6 +901,11 @@ def _merge(old: dict | None, new: dict, sizes: dict) -> dict:
     out["decode_tps_best"] = sizes["new_T"] / min(out["decode_runs_s"])
     out["prefill_s"] = median(out["prefill_runs_s"])
     out["prefill_best"] = min(out["prefill_runs_s"])
+    if "batch_runs_s" in new:
+        if old is not None and "batch_runs_s" in old:
+            out["batch_runs_s"] = old["batch_runs_s"] + new["batch_runs_s"]
+            out["batch_tokens"] = min(old["batch_tokens"], new["batch_tokens"])
+        out["batch_tps"] = out["batch_tokens"] / median(out["batch_runs_s"])
     return out
 
 
@@ -695,15 +921,27 @@ def _print_run(label: str, r: dict, sizes: dict) -> None:
           f"while this configuration ran (per round; {os.cpu_count()} cores in all)")
     if "generate_tps" in r:
         print(f"  cross-check: generate() of {sizes['new_T'] + 1} new tokens minus one prefill of the prompt: "
-              f"{r['generate_tps']:.2f} tok/s" + (f"; torch OMP_WAIT_POLICY {r['omp_wait_policy']}" if "omp_wait_policy" in r else ""))
+              f"{r['generate_tps']:.2f} tok/s" + (f"; torch OMP_WAIT_POLICY {r['omp_wait_policy']}" if "omp_wait_policy" in r else "")
+              + (f"; CTranslate2 compute type {r['compute_type']}" if "compute_type" in r else ""))
+    if "forward_batch_s" in r:
+        print(f"  for comparison: forward_batch of the {sizes['prefill_T']}-token prompt (logits of every position, "
+              f"no cache) {r['forward_batch_s']:.3f} s, once")
+    if "batch_tps" in r:
+        b = r["batch_runs_s"]
+        full = sizes["batch_B"] * sizes["batch_new_T"]
+        print(f"  batch of {sizes['batch_B']} prompts x {sizes['batch_new_T']} new tokens: {r['batch_tps']:.2f} new tok/s "
+              f"(median of {len(b)}; {r['batch_tokens']} new tokens in {min(b):.2f}..{max(b):.2f} s per run"
+              + (f"; rows ended at EOS: {full - r['batch_tokens']} tokens fewer" if r["batch_tokens"] < full else "") + ")")
 
 
-def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch) -> None:
+def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch, has_ct2) -> None:
     N, P, L = sizes["new_T"], sizes["prompt_T"], sizes["prefill_T"]
+    B, BN = sizes["batch_B"], sizes["batch_new_T"]
     rate = mr["gbps"] * 1e9
     # the reference for every ratio: the better transformers configuration, per figure
     ref = {f: torch_ref(res, f, higher) for f, higher in
-           (("decode_tps", True), ("decode_tps_best", True), ("prefill_s", False), ("prefill_best", False))}
+           (("decode_tps", True), ("decode_tps_best", True), ("prefill_s", False), ("prefill_best", False),
+            ("batch_tps", True))}
     t = ref["decode_tps"] is not None
 
     def ratio(x: float | None) -> str:
@@ -722,7 +960,7 @@ def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch) 
 
     print("\n## Performance\n")
     print(f"CodeGen-{shape} shape (random weights built with transformers, converted by `minicodegen.npz.convert`), "
-          f"{th} threads on both sides, median of {len(res[DTYPES[0]]['decode_runs_s'])} runs in {rounds} rounds of alternating order (`python tools/bench.py{' --2b' if shape == '2B' else ''}"
+          f"{th} threads for every engine, median of {len(res[DTYPES[0]]['decode_runs_s'])} runs in {rounds} rounds of alternating order (`python tools/bench.py{' --2b' if shape == '2B' else ''}"
           f"{' --smoke' if shape == 'smoke' else ''} --threads {th}`).\n")
     print(f"Machine: {m['cpu']} ({m['flags']}), {m['cores']} cores, {m['mem_gib']:.0f} GiB RAM; load average at start "
           f"{m['load'][0]:.2f} (shared machine: compare ratios, not absolute times). "
@@ -730,10 +968,11 @@ def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch) 
     print(f"| weights | load (s) | prefill {L} tok (s) | vs transformers | decode (tok/s) | vs transformers | "
           f"bandwidth bound (tok/s) | of bound | peak RSS decoding (MiB) | weights (MiB) | RSS / weights |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    keys = [k for k in TORCH_CONFIGS if k in res] + list(MCG_CONFIGS)
+    keys = [k for k in TORCH_CONFIGS if k in res] + [k for k in CT2_CONFIGS if k in res] + list(MCG_CONFIGS)
     for key in keys:
         r = res[key]
-        dt = MCG_CONFIGS[key]["dtype"] if key in MCG_CONFIGS else "float32"  # torch fp32 reads what fp32 reads
+        # torch fp32 reads what fp32 reads; CTranslate2 what minicodegen's weights of its dtype read
+        dt = (MCG_CONFIGS.get(key) or CT2_CONFIGS.get(key) or {}).get("dtype", "float32")
         bound = rate / res[dt]["read_per_token"]
         print(f"| {label_of(key)} | {r['load_s']:.2f} | {r['prefill_s']:.3f} | {ratio(pre_x(key) if t else None)} | "
               f"{r['decode_tps']:.2f} | {ratio(dec_x(key) if t else None)} | "
@@ -745,13 +984,19 @@ def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch) 
         print(f"\nRatios are against the better transformers configuration per column: decode "
               f"{short_omp(ref['decode_tps'][0])} ({dec} tok/s with default OpenMP / PASSIVE), prefill "
               f"{short_omp(ref['prefill_s'][0])} ({pre} s).")
+    ct2 = any(k in res for k in CT2_CONFIGS)
     print(f"\nPrefill: one forward pass over a {L}-token prompt into an empty KV cache, logits of the last position "
-          f"only (transformers: `logits_to_keep=1`, as its `generate` passes). Decode: {N} single-token steps with "
+          f"only (transformers: `logits_to_keep=1`, as its `generate` passes"
+          + ("; CTranslate2: `generate_batch` with `max_length=1, include_prompt_in_result=False`, the time to the "
+             "first new token" if ct2 else "") + f"). Decode: {N} single-token steps with "
           f"the KV cache after a {P}-token prompt, greedy, tokens/s of the steps only. Threads: minicodegen's Numba "
           f"workers spin briefly, then sleep (`GOMP_SPINCOUNT=10000`, set by `minicodegen.kernels`); its OpenBLAS "
           f"workers sleep at once (`OPENBLAS_THREAD_TIMEOUT=4`, set by `import minicodegen` before NumPy); "
           f"transformers is measured with its default OpenMP policy (spinning workers) and with "
-          f"`OMP_WAIT_POLICY=PASSIVE`. Load: seconds of `minicodegen.load` / `from_pretrained`; the in-memory rows "
+          f"`OMP_WAIT_POLICY=PASSIVE`" + (f"; CTranslate2 with its default OpenMP policy, `intra_threads={th}, "
+                                          f"inter_threads=1`" if ct2 else "") + ". "
+          f"Load: seconds of `minicodegen.load` / `from_pretrained`" + (" / `ctranslate2.Generator`" if ct2 else "")
+          + "; the in-memory rows "
           f"read the `.npz` into memory (`mapped=False`: huge pages, faster decode), the mapped rows memory-map it "
           f"(`mapped=True`). Peak RSS: `VmHWM` of a process that loads the weights and decodes (each configuration "
           f"in its own process); mapped weights count as file-backed RSS.")
@@ -773,6 +1018,38 @@ def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch) 
     print(f"\nFirst run: `kernels.warmup()` compiles the kernels in {c1['warmup_s']:.0f} s (once per machine, "
           f"cached on disk); later runs load them in {c2['warmup_s']:.1f} s. Checkpoint sizes: "
           + ", ".join(f"{SHORT[dt]} {mib(disk[dt])} MiB" for dt in DTYPES) + ".")
+    if ct2:
+        print("\nCTranslate2: the same checkpoint converted by `ctranslate2.converters.TransformersConverter` with "
+              "`quantization=` " + " / ".join(CT2_CONFIGS[k]["compute_type"] for k in CT2_CONFIGS if k in res)
+              + ", loaded with the same `compute_type` (CPU compute types in use: "
+              + ", ".join(f"{SHORT[CT2_CONFIGS[k]['dtype']]} {res[k]['compute_type']}" for k in CT2_CONFIGS if k in res)
+              + "); its weights column is the size of `model.bin`, its bandwidth bound that of minicodegen's weights "
+              "of the same dtype.")
+
+    # the engines side by side: ratios against CTranslate2 int8 ("–" without it)
+    print("\n### Engines side by side\n")
+    c = res.get(CT2_REF)
+    print(f"| weights | engine | decode (tok/s) | vs CT2 int8 | prompt {L} tok (s) | vs CT2 int8 | "
+          f"batch {B} × {BN} (new tok/s) | vs CT2 int8 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    rows = []
+    if t:
+        tr = {f: res[ref[f][0]][f] for f in ("decode_tps", "prefill_s", "batch_tps")}
+        rows.append(("fp32", "transformers", tr))
+    rows += [(SHORT[dt], engine, res[key]) for dt in DTYPES
+             for engine, key in (("CTranslate2", f"ct2-{dt}"), ("minicodegen", dt)) if key in res]
+    for w, engine, r in rows:
+        print(f"| {w} | {engine} | {r['decode_tps']:.2f} | {ratio(r['decode_tps'] / c['decode_tps'] if c else None)} | "
+              f"{r['prefill_s']:.3f} | {ratio(r['prefill_s'] / c['prefill_s'] if c else None)} | "
+              f"{r['batch_tps']:.1f} | {ratio(r['batch_tps'] / c['batch_tps'] if c else None)} |")
+    print(f"\nDecode and prompt as in the table above (minicodegen: the .npz in memory); batch: one greedy generation "
+          f"of {B} prompts of {P} tokens, {BN} new tokens each, end to end, new tokens/s (minicodegen "
+          f"`generate(model, [{B} id lists], max_new_tokens={BN})`; transformers `generate` on the left-padded batch, "
+          f"`min_new_tokens={BN}`; CTranslate2 `generate_batch`, `min_length={BN}`). Ratios: decode and batch are tok/s "
+          f"÷ CTranslate2 int8's (above 1: faster), prompt is seconds ÷ CTranslate2 int8's (below 1: faster)."
+          + (f" transformers: the better OpenMP configuration per column (decode {short_omp(ref['decode_tps'][0])}, "
+             f"prompt {short_omp(ref['prefill_s'][0])}, batch {short_omp(ref['batch_tps'][0])})." if t else "")
+          + ("" if c else " CTranslate2 not measured" + ("" if has_ct2 else " (not installed or --no-ct2)") + "."))
 
     if t and shape != "smoke":
         print(f"\nTargets (issue 6; minicodegen with the .npz in memory, mapped in parentheses; transformers reference: "
