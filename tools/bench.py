@@ -159,6 +159,17 @@ def progress(msg: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def decode_runs(decode, a: dict) -> tuple[list, dict[str, int]]:
+    """One untimed decode of 16 tokens (every weight page mapped, allocator warm), then a["reps"]
+    timed ones: [(seconds, tokens), ...] and the process status right after them (peak RSS)."""
+    decode(16)
+    runs = []
+    for i in range(a["reps"]):
+        runs.append(decode())
+        progress(f"  decode run {i + 1}/{a['reps']}: {a['new_T'] / runs[-1][0]:.2f} tok/s")
+    return runs, proc_status()
+
+
 def result(obj: dict) -> None:
     print("RESULT " + json.dumps(obj), flush=True)
 
@@ -294,12 +305,7 @@ def w_mcg(a: dict) -> None:
         return time.perf_counter() - t0, toks
 
     progress(f"minicodegen {Path(a['npz']).stem}{' (mapped)' if a['mapped'] else ''}: loaded in {t_load:.2f} s, decoding")
-    decode(16)  # untimed: every weight page mapped, allocator warm
-    runs = []
-    for i in range(a["reps"]):
-        runs.append(decode())
-        progress(f"  decode run {i + 1}/{a['reps']}: {a['new_T'] / runs[-1][0]:.2f} tok/s")
-    st_dec = proc_status()
+    runs, st_dec = decode_runs(decode, a)
     dec_s = [r[0] for r in runs]
 
     long = np.array(token_ids(a["prefill_T"], cfg.vocab_size, 2), np.int64)
@@ -371,12 +377,7 @@ def w_hf(a: dict) -> None:
         return time.perf_counter() - t0, toks
 
     progress(f"transformers: loaded in {t_load:.2f} s, decoding (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')})")
-    decode(16)
-    runs = []
-    for i in range(a["reps"]):
-        runs.append(decode())
-        progress(f"  decode run {i + 1}/{a['reps']}: {a['new_T'] / runs[-1][0]:.2f} tok/s")
-    st_dec = proc_status()
+    runs, st_dec = decode_runs(decode, a)
     dec_s = [r[0] for r in runs]
 
     long = torch.tensor([token_ids(a["prefill_T"], cfg.vocab_size, 2)])
@@ -506,12 +507,7 @@ def w_ct2(a: dict) -> None:
         return stamps[-1] - stamps[0], toks
 
     progress(f"CTranslate2 {a['compute_type']} (compute type {gen.compute_type}): loaded in {t_load:.2f} s, decoding")
-    decode(16)
-    runs = []
-    for i in range(a["reps"]):
-        runs.append(decode())
-        progress(f"  decode run {i + 1}/{a['reps']}: {a['new_T'] / runs[-1][0]:.2f} tok/s")
-    st_dec = proc_status()
+    runs, st_dec = decode_runs(decode, a)
     dec_s = [r[0] for r in runs]
 
     long = [str(i) for i in token_ids(a["prefill_T"], V, 2)]
