@@ -50,6 +50,57 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndar
     return y if b is None else y + b
 
 
+def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # [N, n] float32 -> int8 [N, n], float32 [N]
+    """Each row to 8 bits, symmetric: x ≈ xq · sx with sx = max|x| / 127, xq = rint(x · 127 / max|x|).
+
+    A row of zeros gets xq = 0 and sx = 0; a row holding inf or NaN gets xq = 0 and sx = NaN (its
+    products are NaN, as they would be in float).
+
+    >>> quantize_rows(np.array([[0.5, -1.0, 0.25]], np.float32))
+    (array([[  64, -127,   32]], dtype=int8), array([0.00787402], dtype=float32))
+    """
+    x = np.asarray(x, np.float32)
+    amax = np.abs(x).max(axis=-1)
+    ok = (amax > 0) & np.isfinite(amax)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(ok, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
+        xq = np.where(ok[:, None], np.rint(x * inv[:, None]), 0).astype(np.int8)
+        sx = np.where(amax == 0, np.float32(0.0), np.where(ok, amax / np.float32(127.0), np.float32(np.nan)))
+    return xq, sx.astype(np.float32)
+
+
+def linear_int8_rows(x: np.ndarray, wq: np.ndarray, scale: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:  # [N, n_in], int8 [n_out, n_in], [n_out], [n_out] -> [N, n_out]
+    """y = (xq·Wqᵀ) · sx · scale + b: x quantized per row (``quantize_rows``), the products of
+    the 8-bit integers summed exactly (int32 in the kernels), then scaled in float32.
+
+    This is how int8 weights are multiplied by default (``kernels.integer``): an approximation of
+    ``linear(x, Wq · scale)`` whose error README measures.
+    """
+    xq, sx = quantize_rows(x)
+    acc = (xq.astype(np.int64) @ wq.astype(np.int64).T).astype(np.float32)  # exact integers, then rounded once
+    y = acc * (sx[:, None] * scale[None, :])
+    return y if b is None else y + b
+
+
+def round_bf16(x: np.ndarray) -> np.ndarray:  # [...] float32 -> [...] float32
+    """x rounded to the nearest bfloat16 (ties to even), as float32: the top 16 bits of each float.
+
+    >>> round_bf16(np.array([1.0 + 2**-8, 1.0 + 3 * 2**-8], np.float32)).tolist()
+    [1.0, 1.015625]
+    """
+    u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint32) << 16
+    return np.where(np.isnan(x), np.float32(np.nan), r.view(np.float32)).astype(np.float32)
+
+
+def linear_bf16_rows(x: np.ndarray, w16: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:  # [N, n_in], uint16 [n_out, n_in], [n_out] -> [N, n_out]
+    """y = round_bf16(x)·Wᵀ + b for bf16 weights (uint16 bits): how prompts with bf16 weights are
+    multiplied on CPUs with AVX512-BF16 (``kernels.qgemm``), whose sums add pairs of products in
+    float32.  An approximation of ``linear(x, W)`` whose error README measures."""
+    w = (w16.astype(np.uint32) << 16).view(np.float32)
+    return linear(round_bf16(x), w, b)
+
+
 def sinusoid_table(n_positions: int, rotary_dim: int) -> np.ndarray:  # -> [n_positions, rotary_dim]
     """The rotary angles' sines and cosines, built exactly as transformers builds them.
 

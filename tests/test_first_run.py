@@ -22,7 +22,7 @@ from minicodegen.__main__ import main
 err, out = io.StringIO(), io.StringIO()
 with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
     code = main(sys.argv[1:])
-modules = [getattr(kernels, m) for m in ("simd", "prefill", "gemv", "attention", "elementwise", "decode")]
+modules = [getattr(kernels, m) for m in ("simd", "prefill", "integer", "qgemm", "gemv", "attention", "elementwise", "decode")]
 dispatchers = {id(d): d for m in modules for d in vars(m).values() if hasattr(d, "stats") and hasattr(d, "overloads")}
 print(json.dumps({"code": code, "stderr": err.getvalue(), "stdout": out.getvalue(),
                   "misses": sum(sum(d.stats.cache_misses.values()) for d in dispatchers.values()),

@@ -55,9 +55,9 @@ def test_linear_int8(seed, T, n_out, n_in, with_bias, ro):
     if ro:
         x, Wq, scale = readonly(x), readonly(Wq), readonly(scale)
         b = None if b is None else readonly(b)
-    y = K.linear_int8(x, Wq, scale, b)
+    y = K.linear_int8(x, Wq, scale, b, int8_activations=False)
     # Definition: x @ (Wq * scale[:, None]).T + b (the dequantized matrix), one extra rounding
-    # for the scale multiply.
+    # for the scale multiply.  (With int8 activations, the default: tests/test_kernels_integer.py.)
     check_linear(y, x, Wq.astype(np.float64) * scale[:, None].astype(np.float64), b, extra_terms=1)
 
 
@@ -87,7 +87,7 @@ def test_widening_is_exact(T, n_in):
     y = K.linear_bf16(x, W16)
     np.testing.assert_array_equal(y, x @ widen(W16).T)
     Wq = rng.integers(-128, 128, (n_out, n_in)).astype(np.int8)
-    y = K.linear_int8(x, Wq, np.ones(n_out, np.float32))
+    y = K.linear_int8(x, Wq, np.ones(n_out, np.float32), int8_activations=False)
     np.testing.assert_array_equal(y, x @ Wq.astype(np.float32).T)
     W16 = rng.standard_normal((n_out, n_in)).astype(np.float16)
     W16[0, :3] = [6e-8, -3e-5, 65504]  # subnormal and largest half floats widen exactly too
@@ -107,7 +107,8 @@ def test_linear_model_shapes(T, n_out, n_in):
     check_linear(K.linear_bf16(x, W16, b), x, widen(W16).astype(np.float64), b)
     scale = (np.abs(W).max(axis=1) / 127).astype(np.float32)
     Wq = np.clip(np.rint(W / scale[:, None]), -127, 127).astype(np.int8)
-    check_linear(K.linear_int8(x, Wq, scale, b), x, Wq * scale[:, None].astype(np.float64), b, extra_terms=1)
+    check_linear(K.linear_int8(x, Wq, scale, b, int8_activations=False), x, Wq * scale[:, None].astype(np.float64), b,
+                 extra_terms=1)
 
 
 def test_linear_memmap_and_layouts(tmp_path):
@@ -131,8 +132,10 @@ def test_linear_memmap_and_layouts(tmp_path):
         check_linear(y.reshape(-1, n_out), x.reshape(-1, n_in), W.astype(np.float64), b)
         y = K.linear_bf16(x, maps["W16"], maps["b"])
         check_linear(y.reshape(-1, n_out), x.reshape(-1, n_in), widen(W16).astype(np.float64), b)
-        y = K.linear_int8(x, maps["Wq"], maps["scale"], maps["b"])
+        y = K.linear_int8(x, maps["Wq"], maps["scale"], maps["b"], int8_activations=False)
         check_linear(y.reshape(-1, n_out), x.reshape(-1, n_in), Wq * scale[:, None].astype(np.float64), b, 1)
+        y = K.linear_int8(x, maps["Wq"], maps["scale"], maps["b"])  # int8 activations
+        np.testing.assert_array_equal(y.reshape(-1, n_out), ops.linear_int8_rows(x.reshape(-1, n_in), Wq, scale, b))
         # generic dispatch and a non-contiguous weight
         np.testing.assert_array_equal(K.linear(x, maps["W"], maps["b"]), K.linear_f32(x, W, b))
         np.testing.assert_array_equal(K.linear(x, W16, b), K.linear_bf16(x, W16, b))

@@ -23,7 +23,7 @@ def test_prefill_linear_bf16_int8(seed, T, n_out, n_in, with_bias, int8):
     if int8:
         Wq = rng.integers(-128, 128, (n_out, n_in)).astype(np.int8)
         scale = (rng.random(n_out) * 0.1 + 1e-3).astype(np.float32)
-        y = K.linear_int8(x, Wq, scale, b)
+        y = K.linear_int8(x, Wq, scale, b, int8_activations=False)  # (int8 activations: test_kernels_integer.py)
         check_linear(y, x, Wq.astype(np.float64) * scale[:, None].astype(np.float64), b, extra_terms=1)
     else:
         W16 = to_bf16(rng.standard_normal((n_out, n_in)).astype(np.float32))

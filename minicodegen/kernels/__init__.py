@@ -10,11 +10,17 @@ Modules, each importing only from those above it:
 
 * ``threads``: the thread pool (briefly spinning OpenMP workers), ``set_threads``,
   ``get_threads``.
+* ``cpu``: the CPU's instruction sets as Numba compiles for them, the choice of integer / bf16
+  dot-product kernels, and ``Isa``, the token a kernel is compiled for one instruction set with.
 * ``simd``: LLVM intrinsics and explicit SIMD code: exact bf16 / float16 widening,
   prefetch, a vectorizable ``exp``, the 16-lane dot product ``_dot``, small matrix
   products ``_matmul_rows``, a 16 x 16 transpose.
 * ``arrays``: argument checks, read-only marking and scratch memory of the wrappers.
-* ``prefill``: ``x @ widen(W).T`` for a prompt with bf16 / int8 weights.
+* ``prefill``: ``x @ widen(W).T`` for a prompt with bf16 weights (and int8 with float32 activations).
+* ``integer``: int8 weights times int8 activations: rows quantized on the fly, integer dot
+  products (vpdpbusd / vpmaddwd) for decode steps and the fused block.
+* ``qgemm``: prompts on dot-product instructions (int8 panels for AVX512-VNNI, bf16 for
+  AVX512-BF16) and ``linear_int8_rows``, the wrapper of the integer kernels.
 * ``gemv``: decode matrix-vector products and the public ``linear*`` functions.
 * ``attention``: ``attend_cached``, softmax attention over the KV cache (decode and prompt).
 * ``elementwise``: ``layer_norm``, ``gelu_new``, ``apply_rotary``.

@@ -54,7 +54,7 @@ _tiles = threading.local()  # one reusable scratch buffer per thread
 
 def _tile_buffer(n: int) -> np.ndarray:
     """n float32 of scratch (_prefill_linear's packed tokens and weight panels, _attend_prompt's
-    transposed keys), reused from call to call: fresh arrays of some MB at every call paid
+    transposed keys, qgemm's quantized rows, viewed as int8), reused from call to call: fresh arrays of some MB at every call paid
     their page faults every time (about 1 ms per 350M matrix)."""
     buf = getattr(_tiles, "buf", None)
     if buf is None or buf.size < n:

@@ -44,7 +44,8 @@ import numba
 import numpy as np
 from numba import types
 
-from . import attention, decode, elementwise, gemv, prefill
+from . import attention, decode, elementwise, gemv, integer, prefill, qgemm
+from .cpu import IsaType
 from .attention import ATTEND_BLOCK_MIN_T, attend_cached
 from .decode import decode_block
 from .elementwise import apply_rotary, gelu_new, layer_norm
@@ -118,10 +119,10 @@ def refresh_cache(directory: str | os.PathLike | None = None) -> list[str]:
 _N_OUT, _N_IN = 24, 16
 
 
-def _weights(dtype: str) -> np.ndarray:
-    """A [24, 16] weight matrix stored as ``dtype`` (bfloat16: uint16 bits)."""
+def _weights(dtype: str, n: int = _N_IN) -> np.ndarray:
+    """A [n, n] ([24, 16] by default) weight matrix stored as ``dtype`` (bfloat16: uint16 bits)."""
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((_N_OUT, _N_IN), dtype=np.float32)
+    w = rng.standard_normal((_N_OUT if n == _N_IN else n, n), dtype=np.float32)
     if dtype == "bfloat16":
         return (w.view(np.uint32) >> 16).astype(np.uint16)
     if dtype == "int8":
@@ -129,23 +130,26 @@ def _weights(dtype: str) -> np.ndarray:
     return w.astype(np.float16) if dtype == "float16" else w
 
 
-def _linear(dtype: str, T: int) -> None:
-    """linear_* for weights of ``dtype`` and T rows of x, without and with a bias."""
-    x = np.random.default_rng(T).standard_normal((T, _N_IN), dtype=np.float32)
-    W = _weights(dtype)
-    for b in (None, np.zeros(_N_OUT, np.float32)):
+def _linear(dtype: str, T: int, int8_activations: bool = True, n: int = _N_IN, bf16_activations: bool = False) -> None:
+    """linear_* for weights of ``dtype`` and T rows of x, without and with a bias (n = 64: the
+    shapes that take qgemm._qgemm_vnni)."""
+    x = np.random.default_rng(T).standard_normal((T, n), dtype=np.float32)
+    W = _weights(dtype, n)
+    for b in (None, np.zeros(W.shape[0], np.float32)):
         if dtype == "float32":
             linear_f32(x, W, b)
+        elif dtype == "bfloat16" and bf16_activations:
+            linear_bf16(x, W, b, bf16_activations=True)
         elif dtype == "bfloat16":
             linear_bf16(x, W, b)
             linear_bf16(x[:, :-1], W[:, :-1], b)  # odd n_in path
         elif dtype == "int8":
-            linear_int8(x, W, np.ones(_N_OUT, np.float32), b)
+            linear_int8(x, W, np.ones(W.shape[0], np.float32), b, int8_activations)
         else:
             linear_f16(x, W, b)
 
 
-def _block(dtype: str) -> None:
+def _block(dtype: str, int8_activations: bool = True) -> None:
     """The fused decode block (E = 16, 4 heads, n_inner = 32) with weights of ``dtype``."""
     E, H, n_inner = 16, 4, 32
     w = _weights(dtype)
@@ -161,7 +165,7 @@ def _block(dtype: str) -> None:
         layer |= {n + ".scale": np.ones(layer[n].shape[0], np.float32) for n in list(layer) if layer[n].ndim == 2}
     kv = np.zeros((1, H, 2, E // H), np.float32)
     decode_block(np.zeros((1, E), np.float32), layer, 1e-5, np.zeros((1, 2), np.float32), 2, H, kv, kv.copy(), 1,
-                 np.ones((1, 1), bool))
+                 np.ones((1, 1), bool), int8_activations=int8_activations)
 
 
 def _attention(T: int) -> None:
@@ -196,14 +200,21 @@ _STEPS: dict[str, Callable[[], object]] = {  # step -> what it runs
     "linear bfloat16 (prompt)": lambda: _linear("bfloat16", STREAM_MAX_T + 1),
     "decode block bfloat16": lambda: _block("bfloat16"),
     "linear int8 (decode)": lambda: _linear("int8", 1),
-    "linear int8 (prompt)": lambda: _linear("int8", STREAM_MAX_T + 1),
+    "linear int8 (prompt)": lambda: (_linear("int8", STREAM_MAX_T + 1), _linear("int8", STREAM_MAX_T + 1, n=64)),
     "decode block int8": lambda: _block("int8"),
+    "linear int8, float activations (decode)": lambda: _linear("int8", 1, False),
+    "linear int8, float activations (prompt)": lambda: _linear("int8", STREAM_MAX_T + 1, False),
+    "decode block int8, float activations": lambda: _block("int8", False),
+    "linear bfloat16, bf16 activations (prompt)": lambda: _linear("bfloat16", STREAM_MAX_T + 1, n=64,
+                                                                  bf16_activations=True),
     "linear float16": lambda: (_linear("float16", 1), _linear("float16", STREAM_MAX_T + 1)),
 }
 
 # The steps a model with weights of each dtype needs.  float16 checkpoints are widened to float32
 # when loaded (checkpoint.load_model), so their models run the float32 kernels; linear_f16 (float16
-# weights as they are, which no model calls) is warmed only by warmup() for all dtypes.
+# weights as they are, which no model calls) is warmed only by warmup() for all dtypes, and so are
+# the float-activation kernels of int8 weights (Model.int8_activations = "float32") and the
+# bf16-activation prompt kernels of bf16 weights (kernels.linear_bf16(..., bf16_activations=True)).
 _COMMON = ["layer norm", "gelu_new", "rotary", "attention (decode)", "attention (prompt)"]
 _BY_DTYPE = {
     "float32": ["linear float32", "decode block float32"],
@@ -261,6 +272,10 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
     mask = a(2, types.boolean)
     W = {"float32": a(2), "bfloat16": a(2, types.uint16), "int8": a(2, types.int8)}
     scale = {"float32": none, "bfloat16": none, "int8": a(1)}
+    i8, i32 = IsaType(integer.INT8_ISA.name), types.int32
+    vnni = integer.INT8_ISA.name == "avx512_vnni"  # (then prompts of n_in % 64 == 0 take _qgemm_vnni)
+    quantize = (integer._quantize_rows, (a(2), a(2, types.int8, readonly=False), out1, a(1, i32, readonly=False)))
+    xq_args = (a(2, types.int8), a(1, i32), a(1), W["int8"], a(1))
 
     def streamed(dt):  # T <= STREAM_MAX_T, without and with a bias
         return [(gemv._gemv, (a(2), W[dt], scale[dt], b, out2, i64)) for b in (none, a(1))]
@@ -269,10 +284,13 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
         return [(prefill._pack_tokens, (a(2), out3, a(1))),
                 (prefill._gemm_panels, (a(3), i64, W[dt], scale[dt], a(1), out2, out3, out4))]
 
-    def fused(dt):
+    def fused(dt, isa=none):
         w, s = W[dt], scale[dt]
         return [(decode._decode_block, (out2, a(1), a(1), f64, w, s, w, s, w, s, a(1), w, s, a(1),
-                                        a(2), i64, i64, i64, out4, out4, i64, mask, i64))]
+                                        a(2), i64, i64, i64, out4, out4, i64, mask, i64, isa))]
+
+    def integer_rows(kernel, *extra):  # int8 weights, x quantized per row, without and with a bias
+        return [quantize] + [(kernel, (*xq_args, b, out2, *extra)) for b in (none, a(1))]
 
     return {
         "layer norm": [(elementwise._layer_norm, (a(2), a(1), a(1), f64, out2))],
@@ -286,9 +304,16 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
         "linear bfloat16 (decode)": streamed("bfloat16"),
         "linear bfloat16 (prompt)": packed("bfloat16"),
         "decode block bfloat16": fused("bfloat16"),
-        "linear int8 (decode)": streamed("int8"),
-        "linear int8 (prompt)": packed("int8"),
-        "decode block int8": fused("int8"),
+        "linear int8 (decode)": integer_rows(integer._qgemv, i64, i8),
+        "linear int8 (prompt)": integer_rows(qgemm._qgemm, i8) + (integer_rows(qgemm._qgemm_vnni, i8)[1:] if vnni else []),
+        "decode block int8": fused("int8", i8),
+        "linear int8, float activations (decode)": streamed("int8"),
+        "linear int8, float activations (prompt)": packed("int8"),
+        "decode block int8, float activations": fused("int8"),
+        "linear bfloat16, bf16 activations (prompt)": (
+            [(qgemm._round_bf16, (a(2), a(2, types.uint16, readonly=False)))]
+            + [(qgemm._gemm_bf16dp, (a(2, types.uint16), W["bfloat16"], b, out2)) for b in (none, a(1))]
+            if qgemm.BF16_ISA.name == "avx512_bf16" else packed("bfloat16")),
         "linear float16": [(gemv._gemv_f16, (a(2), a(2, types.uint16), b, out2, i64)) for b in (none, a(1))],
     }
 
@@ -308,7 +333,10 @@ def _model_signatures(dtype: str, prompt_tokens: int) -> list[tuple[Callable, tu
         out += sig["gelu_new"] + sig["rotary"][:1]
         out += sig["attention (prompt)" if T >= ATTEND_BLOCK_MIN_T else "attention (decode)"][:1]
         if T > STREAM_MAX_T and dt != "float32":  # float32 prompts go to BLAS
-            out += sig[f"linear {dt} (prompt)"]
+            prompt = sig[f"linear {dt} (prompt)"]
+            if dt == "int8":  # CodeGen's n_in are multiples of 64: the VNNI kernel where it runs, else _qgemm
+                prompt = prompt[:1] + prompt[-2:]
+            out += prompt
     return out
 
 
