@@ -132,3 +132,24 @@ def test_decode_block_argument_checks():
     with pytest.raises(ValueError, match="cache"):  # every block's cache is checked
         K.decode_layers(np.zeros((1, 16), np.float32), [layer, layer], 1e-5, sc, 2, 4, [k, k[:, :2]],
                         [k.copy(), k[:, :2].copy()], 2, allowed)
+
+
+@pytest.mark.parametrize("dtype,int8_activations", [("float32", True), ("bfloat16", True), ("int8", True), ("int8", False)])
+def test_a_row_of_a_batch_decodes_as_it_would_alone(dtype, int8_activations):
+    """decode_layers on B = 7 rows (groups of 4, 2 and 1 rows of the batch per row of W) gives each
+    row, bit for bit, what B = 1 gives it: the sums run in the same order whatever the batch (and
+    the int8 path quantizes each row on its own and sums integers exactly)."""
+    rng = np.random.default_rng(11)
+    E, H, n_inner, B, S = 64, 4, 256, 7, 5
+    layer = K.decode_weights(_random_layer(rng, E, n_inner, dtype), E, int8_activations)
+    x = rng.standard_normal((B, E)).astype(np.float32)
+    sincos = rng.standard_normal((B, 8)).astype(np.float32)
+    kv = rng.standard_normal((2, B, H, S, E // H)).astype(np.float32)
+    allowed = np.ones((B, S), bool)
+    allowed[2, :2] = False
+    batch = K.decode_layers(x.copy(), [layer, layer], 1e-5, sincos, 8, H, [kv[0].copy()] * 2, [kv[1].copy()] * 2, S,
+                            allowed)
+    for t in range(B):
+        alone = K.decode_layers(x[t:t + 1].copy(), [layer, layer], 1e-5, sincos[t:t + 1], 8, H,
+                                [kv[0][t:t + 1].copy()] * 2, [kv[1][t:t + 1].copy()] * 2, S, allowed[t:t + 1])
+        np.testing.assert_array_equal(batch[t], alone[0])

@@ -35,6 +35,27 @@ def test_dot_of_a_tuple_of_rows_equals_one_dot_per_row(n):
         assert abs(one[0] - x.astype(np.float64) @ w0) <= gamma(n + 2) * (np.abs(x) @ np.abs(w0)) + 1e-30
 
 
+@pytest.mark.parametrize("n", [1, 15, 16, 63, 64, 65, 200, 1024])
+def test_dot_of_a_tuple_of_x_equals_one_dot_per_x(n):
+    """_dot((x_0, .., x_3), w) (batched decode: a row of W widened once for 4 or 2 rows of the
+    batch) adds each sum in the order of _dot(x_a, w): equal bit for bit, every weight format, so
+    a row of a batch decodes exactly as it would alone."""
+
+    @njit
+    def tuples(x0, x1, x2, x3, w):
+        u0, u1 = simd._dot((x0, x1), w, 4096)
+        v0, v1, v2, v3 = simd._dot((x0, x1, x2, x3), w, 0)
+        return (u0, u1), (v0, v1, v2, v3), (simd._dot(x0, w, 0), simd._dot(x1, w, 4096), simd._dot(x2, w, 0), simd._dot(x3, w, 0))
+
+    rng = np.random.default_rng(n)
+    X = rng.standard_normal((4, n)).astype(np.float32)
+    w = rng.standard_normal(n).astype(np.float32)
+    for wr in (w, to_bf16(w[None])[0], rng.integers(-127, 128, n).astype(np.int8)):
+        Xd = simd._bf16_pair_order(X) if wr.dtype == np.uint16 else X
+        two, four, one = tuples(Xd[0], Xd[1], Xd[2], Xd[3], wr)
+        assert two == one[:2] and four == one
+
+
 def test_exp_f32_within_about_one_ulp():
     """The vectorizable exp behind gelu_new and the attention softmax."""
 

@@ -20,7 +20,8 @@ from numba import njit, prange
 from .arrays import _check_w, _prep_vec, _ro
 from .attention import _attend_query
 from .elementwise import _gelu_scalar, _layer_norm_row, _rotate
-from .gemv import PREFETCH_BF16, PREFETCH_F32, PREFETCH_INT8, _gemv_step
+from .gemv import PREFETCH_BF16, PREFETCH_F32, PREFETCH_INT8, _dot_rows, _gemv_step
+from .integer import INT8_ISA, _qgemv_pair, _qgemv_sum_into
 from .simd import _FM, _dot, _dot_operand
 
 # ---------------------------------------------------------------------------
@@ -113,38 +114,50 @@ def _gemv_sum_into(x, a, W1, s1, hidden, W2, s2, b2, pf):  # pragma: no cover - 
     hidden = _dot_operand(hidden, W2)
     E = W1.shape[0]
     h = (E + 3) // 4
+    B = x.shape[0]
+    u_all = np.empty((B, E), np.float32)  # (scratch for batches: the two sums of each output)
+    v_all = np.empty((B, E), np.float32)
     for j in prange(h):
-        for t in range(x.shape[0]):
-            p = pf if t == 0 else 0
-            if j + 3 * h < E:
-                u = _dot(a[t], (W1[j], W1[j + h], W1[j + 2 * h], W1[j + 3 * h]), p)
-                v = _dot(hidden[t], (W2[j], W2[j + h], W2[j + 2 * h], W2[j + 3 * h]), p)
-                for r in range(4):
-                    _sum_out(x, t, j + r * h, u[r], s1, v[r], s2, b2)
-            else:
-                for r in range(4):
-                    k = j + r * h
-                    if k < E:
-                        _sum_out(x, t, k, _dot(a[t], W1[k], p), s1, _dot(hidden[t], W2[k], p), s2, b2)
+        if B == 1 and j + 3 * h < E:
+            u = _dot(a[0], (W1[j], W1[j + h], W1[j + 2 * h], W1[j + 3 * h]), pf)
+            v = _dot(hidden[0], (W2[j], W2[j + h], W2[j + 2 * h], W2[j + 3 * h]), pf)
+            for r in range(4):
+                _sum_out(x, 0, j + r * h, u[r], s1, v[r], s2, b2)
+        else:  # (each row of W once for all rows of the batch)
+            _dot_rows(a, W1, j, h, pf, u_all)
+            _dot_rows(hidden, W2, j, h, pf, v_all)
+            for r in range(4):
+                k = j + r * h
+                if k < E:
+                    for t in range(B):
+                        _sum_out(x, t, k, u_all[t, k], s1, v_all[t, k], s2, b2)
 
 
 @njit(error_model="numpy", cache=True)
 def _decode_block(x, ln_g, ln_b, eps, W_qkv, s_qkv, W_out, s_out, W_in, s_in, b_in, W_fo, s_fo, b_fo,
-                  sincos, rotary_dim, n_head, mp_num, k_cache, v_cache, S, allowed, pf):  # pragma: no cover - compiled
-    """The fused block (see the section comment); x [B, E] is updated in place."""
+                  sincos, rotary_dim, n_head, mp_num, k_cache, v_cache, S, allowed, pf, isa):  # pragma: no cover - compiled
+    """The fused block (see the section comment); x [B, E] is updated in place.  isa None: the
+    weights are widened to float32 in registers; an Isa (int8 weights): the inputs of the four
+    matrices are quantized per row and multiplied with integer dot products (integer.py)."""
     B, E = x.shape
     h = np.empty_like(x)
     for t in range(B):  # (a few rows: a parallel loop would cost more than it saves)
         _layer_norm_row(x[t], ln_g, ln_b, eps, h[t])
     qkv = np.empty((B, W_qkv.shape[0]), np.float32)
     hidden = np.empty((B, W_in.shape[0]), np.float32)
-    _gemv_pair(h, W_qkv, s_qkv, qkv, W_in, s_in, b_in, hidden, pf)
+    if isa is None:
+        _gemv_pair(h, W_qkv, s_qkv, qkv, W_in, s_in, b_in, hidden, pf)
+    else:
+        _qgemv_pair(h, W_qkv, s_qkv, qkv, W_in, s_in, b_in, hidden, pf, isa)
     for t in range(B):  # gelu_new, one vectorized pass (a few thousand values)
         for i in range(hidden.shape[1]):
             hidden[t, i] = _gelu_scalar(hidden[t, i])
     a = np.empty((B, E), np.float32)
     _rope_attend_step(qkv, sincos, rotary_dim, n_head, mp_num, k_cache, v_cache, S, allowed, a)
-    _gemv_sum_into(x, a, W_out, s_out, hidden, W_fo, s_fo, b_fo, pf)
+    if isa is None:
+        _gemv_sum_into(x, a, W_out, s_out, hidden, W_fo, s_fo, b_fo, pf)
+    else:
+        _qgemv_sum_into(x, a, W_out, s_out, hidden, W_fo, s_fo, b_fo, np.empty_like(x), np.empty_like(x), pf, isa)
 
 
 def _prefetch_bytes(dt: np.dtype) -> int:
@@ -152,12 +165,13 @@ def _prefetch_bytes(dt: np.dtype) -> int:
     return {4: PREFETCH_F32, 2: PREFETCH_BF16, 1: PREFETCH_INT8}[dt.itemsize]
 
 
-def decode_weights(layer: dict[str, np.ndarray], E: int) -> tuple:
+def decode_weights(layer: dict[str, np.ndarray], E: int, int8_activations: bool = True) -> tuple:
     """The weights of one block, checked and in the order ``_decode_block`` takes them.
 
     ``layer`` maps the block's weight names without the ``transformer.h.{i}.`` prefix
     (``ln_1.weight``, ``attn.qkv_proj.weight``, ... and ``*.weight.scale`` for int8) to
-    arrays.  The kernels do not check bounds, so every shape is checked here; model.forward
+    arrays.  int8 weights multiply 8-bit activations (``int8_activations``, the default) or
+    float32 ones.  The kernels do not check bounds, so every shape is checked here; model.forward
     does this once per model and passes the result to decode_layers at every step.
     """
     dt = layer["attn.qkv_proj.weight"].dtype
@@ -177,12 +191,13 @@ def decode_weights(layer: dict[str, np.ndarray], E: int) -> tuple:
         sc.append(_prep_vec(s, shape[0], name + ".weight.scale"))
     return (_prep_vec(layer["ln_1.weight"], E, "ln_1.weight"), _prep_vec(layer["ln_1.bias"], E, "ln_1.bias"),
             Ws[0], sc[0], Ws[1], sc[1], Ws[2], sc[2], _prep_vec(layer.get("mlp.fc_in.bias"), n_inner, "mlp.fc_in.bias"),
-            Ws[3], sc[3], _prep_vec(layer.get("mlp.fc_out.bias"), E, "mlp.fc_out.bias"), _prefetch_bytes(dt))
+            Ws[3], sc[3], _prep_vec(layer.get("mlp.fc_out.bias"), E, "mlp.fc_out.bias"), _prefetch_bytes(dt),
+            INT8_ISA if dt == np.int8 and int8_activations else None)
 
 
 def decode_layers(x: np.ndarray, layers: list[dict[str, np.ndarray] | tuple], eps: float, sincos: np.ndarray,
                   rotary_dim: int, n_head: int, k_caches: list[np.ndarray], v_caches: list[np.ndarray], S: int,
-                  allowed: np.ndarray, mp_num: int = 4) -> np.ndarray:
+                  allowed: np.ndarray, mp_num: int = 4, int8_activations: bool = True) -> np.ndarray:
     """CodeGen blocks one after the other for one new token per row, each fused into three
     parallel loops.
 
@@ -212,18 +227,19 @@ def decode_layers(x: np.ndarray, layers: list[dict[str, np.ndarray] | tuple], ep
     allowed = _ro(np.ascontiguousarray(allowed[:, :S], dtype=np.bool_))
     if sincos.shape != (B, rotary_dim) or allowed.shape != (B, S):
         raise ValueError(f"sincos {sincos.shape} / allowed {allowed.shape} must be [B={B}, {rotary_dim}] / [B, >= S={S}]")
-    plan = [decode_weights(layer, E) if isinstance(layer, dict) else layer for layer in layers]
+    plan = [decode_weights(layer, E, int8_activations) if isinstance(layer, dict) else layer for layer in layers]
     for w in plan:
         if w[0].shape != (E,):
             raise ValueError(f"the layer's weights are for E={w[0].shape[0]}, x has E={E}")
     eps, rotary_dim, n_head, mp_num, S = float(eps), int(rotary_dim), int(n_head), int(mp_num), int(S)
     for w, k_cache, v_cache in zip(plan, k_caches, v_caches):
-        _decode_block(x, w[0], w[1], eps, *w[2:12], sincos, rotary_dim, n_head, mp_num, k_cache, v_cache, S, allowed, w[12])
+        _decode_block(x, w[0], w[1], eps, *w[2:12], sincos, rotary_dim, n_head, mp_num, k_cache, v_cache, S, allowed, *w[12:])
     return x
 
 
 def decode_block(x: np.ndarray, layer: dict[str, np.ndarray] | tuple, eps: float, sincos: np.ndarray,
                  rotary_dim: int, n_head: int, k_cache: np.ndarray, v_cache: np.ndarray, S: int,
-                 allowed: np.ndarray, mp_num: int = 4) -> np.ndarray:
+                 allowed: np.ndarray, mp_num: int = 4, int8_activations: bool = True) -> np.ndarray:
     """One block of decode_layers (see there): x [B, E] updated in place and returned."""
-    return decode_layers(x, [layer], eps, sincos, rotary_dim, n_head, [k_cache], [v_cache], S, allowed, mp_num)
+    return decode_layers(x, [layer], eps, sincos, rotary_dim, n_head, [k_cache], [v_cache], S, allowed, mp_num,
+                         int8_activations)

@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from .arrays import _check_w, _prep_vec, _prep_x, _ro
+from .qgemm import bf16_rows_apply, linear_bf16_rows, linear_int8_rows
 from .prefill import _prefill_linear
 from .simd import _dot, _dot_f16, _dot_operand, _prefetch
 
@@ -82,20 +83,49 @@ def _rows_out(acc, j, t, scale, b, y):  # pragma: no cover - compiled
 
 
 @njit(inline="always")
+def _dot_rows(xd, W, j, h, pf, out):  # pragma: no cover - compiled
+    """out[t, k] = the sum of row k of W with row t of xd, for k = j, j + h, j + 2h, j + 3h (those
+    before the end of W) and every t: 4, then 2, then 1 rows of xd per _dot, which widens a row of
+    W once for all of them; the four rows of W stay in L1 while the rows of xd go by, each read
+    from L2 once per call.  Each sum in _dot's order, so equal, bit for bit, to _dot(xd[t], W[k])
+    alone (a row of a batch gets what it would get alone)."""
+    T = xd.shape[0]
+    n = W.shape[0]
+    t = 0
+    while t < T:
+        g = 4 if t + 4 <= T else (2 if t + 2 <= T else 1)
+        for r in range(4):
+            k = j + r * h
+            if k < n:
+                p = pf if t == 0 else 0
+                if g == 4:
+                    u = _dot((xd[t], xd[t + 1], xd[t + 2], xd[t + 3]), W[k], p)
+                    out[t, k], out[t + 1, k], out[t + 2, k], out[t + 3, k] = u[0], u[1], u[2], u[3]
+                elif g == 2:
+                    u2 = _dot((xd[t], xd[t + 1]), W[k], p)
+                    out[t, k], out[t + 1, k] = u2[0], u2[1]
+                else:
+                    out[t, k] = _dot(xd[t], W[k], p)
+        t += g
+
+
+@njit(inline="always")
 def _gemv_step(xd, W, j, h, scale, b, y, pf):  # pragma: no cover - compiled
     """Rows j, j + h, j + 2h and j + 3h of y = (xd @ widen(W).T) [* scale] [+ b]
-    (those before the end of W): the body of the matrix-vector loops."""
+    (those before the end of W): the body of the matrix-vector loops.  One row of x: the four
+    rows of W in one _dot (four streams of memory); more: each row of W once for all rows of x
+    (_dot_rows: the widening is shared)."""
     n = W.shape[0]
-    for t in range(xd.shape[0]):
-        p = pf if t == 0 else 0  # (the rows sit in L1 for the other t)
-        if j + 3 * h < n:
-            u = _dot(xd[t], (W[j], W[j + h], W[j + 2 * h], W[j + 3 * h]), p)
-            for r in range(4):
-                _rows_out(u[r], j + r * h, t, scale, b, y)
-        else:
-            for r in range(4):
-                if j + r * h < n:
-                    _rows_out(_dot(xd[t], W[j + r * h], p), j + r * h, t, scale, b, y)
+    if xd.shape[0] == 1 and j + 3 * h < n:
+        u = _dot(xd[0], (W[j], W[j + h], W[j + 2 * h], W[j + 3 * h]), pf)
+        for r in range(4):
+            _rows_out(u[r], j + r * h, 0, scale, b, y)
+    else:
+        _dot_rows(xd, W, j, h, pf, y)
+        for r in range(4):
+            if j + r * h < n:
+                for t in range(xd.shape[0]):
+                    _rows_out(y[t, j + r * h], j + r * h, t, scale, b, y)
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
@@ -151,14 +181,22 @@ def linear_f32(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.
     return y.reshape(*lead, n_out)
 
 
-def linear_bf16(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+def linear_bf16(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None,
+                bf16_activations: bool = False) -> np.ndarray:
     """``x @ widen(W).T + b`` for bf16 ``W`` stored as uint16 ``[n_out, n_in]``.
 
     ``widen(W) = (W.astype(uint32) << 16).view(float32)`` (exact).  Decode
     streams W (2 bytes per weight) and widens in registers; prefill widens
     panels of 128 rows for a matrix-matrix kernel (_prefill_linear).
+    ``bf16_activations=True``: prompts (more than STREAM_MAX_T rows) round x to bf16 and use
+    vdpbf16ps where the CPU has AVX512-BF16 and the shape fits (``qgemm.linear_bf16_rows``;
+    definition ``ops.linear_bf16_rows``).  Off by default: on the Xeon measured here it was
+    slower than widening (see README).
     """
-    return _linear_narrow(x, _check_w(W, np.uint16, "W"), None, b, PREFETCH_BF16)
+    W = _check_w(W, np.uint16, "W")
+    if bf16_activations and np.asarray(x).size > STREAM_MAX_T * W.shape[1] and bf16_rows_apply(W.shape):
+        return linear_bf16_rows(x, W, b)
+    return _linear_narrow(x, W, None, b, PREFETCH_BF16)
 
 
 def linear_f16(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
@@ -182,13 +220,18 @@ def linear_f16(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.
 
 
 def linear_int8(x: np.ndarray, Wq: np.ndarray, scale: np.ndarray,
-                b: np.ndarray | None = None) -> np.ndarray:
+                b: np.ndarray | None = None, int8_activations: bool = True) -> np.ndarray:
     """``(x @ Wq.T) * scale + b`` for int8 ``Wq [n_out, n_in]``, float32 ``scale [n_out]``.
 
-    Equals ``x @ (Wq * scale[:, None]).T + b`` up to float32 rounding.  Decode
-    streams Wq (1 byte per weight) and converts in registers; prefill dequantizes
-    panels of 128 rows for a matrix-matrix kernel (_prefill_linear).
+    ``int8_activations=True`` (the default): the rows of x are quantized to 8 bits and multiplied
+    with integer dot products (``qgemm.linear_int8_rows``; definition
+    ``ops.linear_int8_rows``).  False: x stays float32, and the result equals
+    ``x @ (Wq * scale[:, None]).T + b`` up to float32 rounding: decode streams Wq (1 byte per
+    weight) and converts in registers; prefill dequantizes panels of 128 rows for a
+    matrix-matrix kernel (_prefill_linear).
     """
+    if int8_activations:
+        return linear_int8_rows(x, Wq, scale, b, pf=PREFETCH_INT8, stream_max_t=STREAM_MAX_T)
     Wq = _check_w(Wq, np.int8, "Wq")
     scale = _prep_vec(scale, Wq.shape[0], "scale")
     if scale is None:
@@ -213,15 +256,17 @@ def _linear_narrow(x: np.ndarray, W: np.ndarray, scale: np.ndarray | None, b: np
 
 
 def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None,
-           scale: np.ndarray | None = None) -> np.ndarray:
+           scale: np.ndarray | None = None, int8_activations: bool = True,
+           bf16_activations: bool = False) -> np.ndarray:
     """Dispatch on the weight dtype: float32 -> linear_f32, uint16 (bf16 bits)
-    -> linear_bf16, int8 (needs ``scale``) -> linear_int8, float16 -> linear_f16."""
+    -> linear_bf16 (with ``bf16_activations``), int8 (needs ``scale``) -> linear_int8 (with
+    ``int8_activations``), float16 -> linear_f16."""
     if W.dtype == np.float32:
         return linear_f32(x, W, b)
     if W.dtype == np.uint16:
-        return linear_bf16(x, W, b)
+        return linear_bf16(x, W, b, bf16_activations)
     if W.dtype == np.int8:
-        return linear_int8(x, W, scale, b)
+        return linear_int8(x, W, scale, b, int8_activations)
     if W.dtype == np.float16:
         return linear_f16(x, W, b)
     raise TypeError(f"unsupported weight dtype {W.dtype}")

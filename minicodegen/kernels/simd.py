@@ -172,7 +172,10 @@ def _exp_f32(x):  # pragma: no cover - compiled
 #
 # _dot(x, (w_a, w_b), pf) takes a tuple of rows and returns a tuple of dots,
 # each summed in exactly the order above (so equal, bit for bit, to one _dot per
-# row), in one loop that loads x once for all of them.  The matrix-vector
+# row), in one loop that loads x once for all of them.  _dot((x_a, x_b), w, pf)
+# likewise takes a tuple of x (the rows of a batch) and one row of W: the row is
+# loaded and widened once for all of them (batched decode), each sum still in the
+# order above, so a row of a batch gets the bits it would get alone.  The matrix-vector
 # kernels pass four rows from far apart in W: one core then reads four streams
 # of memory at once, which keeps more reads in flight.  Two streams instead of
 # one took int8 rows from 12.5 to 15 GB/s on one core, 24 to 29 GB/s on two
@@ -234,24 +237,27 @@ _DOT_KINDS = {  # Numba dtype of w -> (kind, LLVM element type)
 def _make_dot(kinds):
     def dot(typingctx, x, w, pf):
         rows = tuple(w) if isinstance(w, types.UniTuple) else (w,)  # one row, or a tuple of rows
-        if not (isinstance(x, types.Array) and x.ndim == 1 and x.dtype == types.float32 and x.layout == "C"
+        xs = tuple(x) if isinstance(x, types.UniTuple) else (x,)  # one x, or a tuple of them (not both tuples)
+        if not (all(isinstance(v, types.Array) and v.ndim == 1 and v.dtype == types.float32 and v.layout == "C" for v in xs)
                 and all(isinstance(r, types.Array) and r.ndim == 1 and r.layout == "C" and r.dtype in kinds
                         for r in rows)
-                and isinstance(pf, types.Integer)):
+                and isinstance(pf, types.Integer) and not (len(xs) > 1 and len(rows) > 1)):
             return None
         kind, elem = kinds[rows[0].dtype]
         itemsize = rows[0].dtype.bitwidth // 8
-        R = len(rows)
+        R, RX = len(rows), len(xs)
+        x_tupled, w_tupled = isinstance(x, types.UniTuple), isinstance(w, types.UniTuple)
 
         def codegen(context, builder, sig, args):
-            xa = context.make_array(sig.args[0])(context, builder, value=args[0])
-            tupled = isinstance(sig.args[1], types.UniTuple)
-            row_vals = [builder.extract_value(args[1], r) for r in range(R)] if tupled else [args[1]]
+            x_vals = [builder.extract_value(args[0], a) for a in range(RX)] if x_tupled else [args[0]]
+            xas = [context.make_array(xt)(context, builder, value=val) for xt, val in zip(xs, x_vals)]
+            row_vals = [builder.extract_value(args[1], r) for r in range(R)] if w_tupled else [args[1]]
             was = [context.make_array(row)(context, builder, value=val) for row, val in zip(rows, row_vals)]
             pf_bytes = context.cast(builder, args[2], sig.args[2], types.int64)
-            n = builder.extract_value(xa.shape, 0)  # (the caller guarantees len(w) == len(x))
-            xp = builder.bitcast(xa.data, _F32.as_pointer())
+            n = builder.extract_value(xas[0].shape, 0)  # (the caller guarantees len(w) == len(x))
+            xps = [builder.bitcast(xa.data, _F32.as_pointer()) for xa in xas]
             wps = [builder.bitcast(wa.data, elem.as_pointer()) for wa in was]
+            pairs = [(a, r) for a in range(RX) for r in range(R)]  # one sum per (x, row), x-major
             vx, vw = ir.VectorType(_F32, _LANES), ir.VectorType(elem, _LANES)
             i8p = ir.IntType(8).as_pointer()
             wbytes = [builder.bitcast(wa.data, i8p) for wa in was]
@@ -269,27 +275,30 @@ def _make_dot(kinds):
                             # (read, locality 2 = prefetcht1: into L2, see PREFETCH_F32, data)
                             builder.call(prefetch, [at, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
 
-            def load_x(i):
+            def load_x(xp, i):
                 return builder.load(builder.bitcast(builder.gep(xp, [i]), vx.as_pointer()), align=1)
 
-            def fma_at(i, accs):  # acc[r] = fma(x[i:i+16], widen(w_r[i:i+16]), acc[r]) for each row r
-                xv = load_x(i)
-                for wp, acc in zip(wps, accs):
-                    wv = builder.load(builder.bitcast(builder.gep(wp, [i]), vw.as_pointer()), align=1)
-                    builder.store(_ir_fma(builder, xv, _ir_widen(builder, wv, kind), builder.load(acc)), acc)
+            def fma_at(i, accs):  # acc[a, r] = fma(x_a[i:i+16], widen(w_r[i:i+16]), acc[a, r]) for each pair
+                xv = [load_x(xp, i) for xp in xps]
+                wv = [_ir_widen(builder, builder.load(builder.bitcast(builder.gep(wp, [i]), vw.as_pointer()), align=1), kind)
+                      for wp in wps]
+                for (a, r), acc in zip(pairs, accs):
+                    builder.store(_ir_fma(builder, xv[a], wv[r], builder.load(acc)), acc)
 
             def fma_pairs_at(i, accs_even, accs_odd):  # bf16, x in pair order (see _bf16_pair_order)
-                xe = load_x(i)
-                xo = load_x(builder.add(i, ir.Constant(_I64, _LANES)))
-                for wp, acc_even, acc_odd in zip(wps, accs_even, accs_odd):
+                xe = [load_x(xp, i) for xp in xps]
+                xo = [load_x(xp, builder.add(i, ir.Constant(_I64, _LANES))) for xp in xps]
+                even, odd = [], []
+                for wp in wps:
                     words = builder.load(builder.bitcast(builder.gep(wp, [i]), vi32.as_pointer()), align=1)
-                    even = builder.bitcast(builder.shl(words, ir.Constant(vi32, [16] * _LANES)), vx)
-                    odd = builder.bitcast(builder.and_(words, ir.Constant(vi32, [-65536] * _LANES)), vx)
-                    builder.store(_ir_fma(builder, xe, even, builder.load(acc_even)), acc_even)
-                    builder.store(_ir_fma(builder, xo, odd, builder.load(acc_odd)), acc_odd)
+                    even.append(builder.bitcast(builder.shl(words, ir.Constant(vi32, [16] * _LANES)), vx))
+                    odd.append(builder.bitcast(builder.and_(words, ir.Constant(vi32, [-65536] * _LANES)), vx))
+                for (a, r), acc_even, acc_odd in zip(pairs, accs_even, accs_odd):
+                    builder.store(_ir_fma(builder, xe[a], even[r], builder.load(acc_even)), acc_even)
+                    builder.store(_ir_fma(builder, xo[a], odd[r], builder.load(acc_odd)), acc_odd)
 
             zero = ir.Constant(vx, [0.0] * _LANES)
-            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(R)] for _ in range(_UNROLL)]  # [u][row]
+            accs = [[cgutils.alloca_once_value(builder, zero) for _ in pairs] for _ in range(_UNROLL)]  # [u][pair]
             step = _LANES * _UNROLL
             n_main = builder.and_(n, ir.Constant(_I64, -step))
             with cgutils.for_range_slice(builder, ir.Constant(_I64, 0), n_main, ir.Constant(_I64, step)) as (i, _):
@@ -303,20 +312,20 @@ def _make_dot(kinds):
             n_vec = builder.and_(n, ir.Constant(_I64, -_LANES))
             with cgutils.for_range_slice(builder, n_main, n_vec, ir.Constant(_I64, _LANES)) as (i, _):
                 fma_at(i, accs[0])
-            tails = [cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0)) for _ in range(R)]
+            tails = [cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0)) for _ in pairs]
             with cgutils.for_range_slice(builder, n_vec, n, ir.Constant(_I64, 1)) as (i, _):
-                xs = builder.load(builder.gep(xp, [i]), align=1)
-                for wp, tail in zip(wps, tails):
-                    ws = builder.load(builder.gep(wp, [i]), align=1)
-                    builder.store(_ir_fma(builder, xs, _ir_widen(builder, ws, kind), builder.load(tail)), tail)
+                xs_i = [builder.load(builder.gep(xp, [i]), align=1) for xp in xps]
+                ws_i = [_ir_widen(builder, builder.load(builder.gep(wp, [i]), align=1), kind) for wp in wps]
+                for (a, r), tail in zip(pairs, tails):
+                    builder.store(_ir_fma(builder, xs_i[a], ws_i[r], builder.load(tail)), tail)
             out = []
-            for r in range(R):
-                a = [builder.load(accs[u][r]) for u in range(_UNROLL)]
-                total = builder.fadd(builder.fadd(a[0], a[1]), builder.fadd(a[2], a[3]))
-                out.append(builder.fadd(_ir_hsum(builder, total), builder.load(tails[r])))
-            return context.make_tuple(builder, sig.return_type, out) if tupled else out[0]
+            for p in range(len(pairs)):
+                v = [builder.load(accs[u][p]) for u in range(_UNROLL)]
+                total = builder.fadd(builder.fadd(v[0], v[1]), builder.fadd(v[2], v[3]))
+                out.append(builder.fadd(_ir_hsum(builder, total), builder.load(tails[p])))
+            return context.make_tuple(builder, sig.return_type, out) if (x_tupled or w_tupled) else out[0]
 
-        ret = types.UniTuple(types.float32, R) if isinstance(w, types.UniTuple) else types.float32
+        ret = types.UniTuple(types.float32, RX * R) if (x_tupled or w_tupled) else types.float32
         return ret(x, w, pf), codegen
 
     return intrinsic(dot)
