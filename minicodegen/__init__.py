@@ -19,16 +19,22 @@ _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from .checkpoint import load_model as _load_model  # noqa: E402
 from .generation import generate, score, stream  # noqa: E402
-from .model import Config, Model, forward, new_cache  # noqa: E402
+from .model import INT8_ACTIVATIONS, Config, Model, forward, new_cache  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 
 
-def load(path: str | _os.PathLike, fast: bool = True, mapped: bool = True) -> Model:
+def load(path: str | _os.PathLike, fast: bool = True, mapped: bool = True, int8_activations: str = "int8") -> Model:
     """Loads a model from a checkpoint directory, a converted ``.npz``, a hub id or ``"tiny"``.
 
     ``mapped=False``: read a ``.npz`` into memory rather than mapping it (slower to load, faster
-    to decode; see checkpoint.load_model)."""
-    return _load_model(path, fast=fast, mapped=mapped)
+    to decode; see checkpoint.load_model).  ``int8_activations``: what int8 weights multiply,
+    activations rounded to 8 bits per row ("int8", integer dot products) or "float32" ones
+    (``Model.int8_activations``; README, "What int8 costs")."""
+    if int8_activations not in INT8_ACTIVATIONS:
+        raise ValueError(f"int8_activations must be one of {', '.join(INT8_ACTIVATIONS)}, got {int8_activations!r}")
+    model = _load_model(path, fast=fast, mapped=mapped)
+    model.int8_activations = int8_activations
+    return model
 
 
 __all__ = ["Config", "Model", "Tokenizer", "forward", "generate", "load", "new_cache", "score", "stream"]

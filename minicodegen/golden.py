@@ -247,6 +247,7 @@ def golden_arrays(model: Model, prompt: str | Sequence[int], steps: int = 0) -> 
                          f"more than n_positions={cfg.n_positions}")
     ref = copy.copy(model)
     ref.fast = False  # the definition: ops.py only, no Numba kernels, no BLAS-vs-kernel switch
+    ref.int8_activations = "float32"  # int8 weights dequantized, activations in float32: what a port computes
 
     trace: dict[str, np.ndarray] = {}
     cache = new_cache(cfg, 1, T + max(steps - 1, 0))

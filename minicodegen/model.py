@@ -26,6 +26,9 @@ from . import kernels, ops
 
 # Buffers some hub files carry; they hold nothing the model needs (the mask is rebuilt, the
 # sinusoid table is computed).
+# What int8 weights multiply: activations quantized per row to 8 bits, or float32 ones (Model.int8_activations).
+INT8_ACTIVATIONS = ("int8", "float32")
+
 IGNORED_BUFFERS = ("attn.causal_mask", "attn.masked_bias", "attn.bias", "attn.embed_positions")
 
 
@@ -160,19 +163,24 @@ def dequantize(w: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:  #
     return np.asarray(w, dtype=np.float32)
 
 
-def dense(x: np.ndarray, weights: dict[str, np.ndarray], name: str, fast: bool, bias: str | None = None) -> np.ndarray:  # [N, n_in] -> [N, n_out]
+def dense(x: np.ndarray, weights: dict[str, np.ndarray], name: str, fast: bool, bias: str | None = None,
+          int8_activations: bool = True) -> np.ndarray:  # [N, n_in] -> [N, n_out]
     """The linear layer ``name`` (``name.weight``, optional ``name.bias`` or ``bias``) on rows x.
 
-    The NumPy path (fast=False) is the definition: dequantize, then x·Wᵀ + b. The fast path
-    (``kernels.linear``) streams the stored weight through a Numba kernel for a few rows (decode)
-    and uses BLAS for many (prefill); it is tested against the definition.
+    The NumPy path (fast=False) is the definition: dequantize, then x·Wᵀ + b; for int8 weights
+    with ``int8_activations`` (the default), x is quantized per row too and the 8-bit products are
+    summed exactly (``ops.linear_int8_rows``).  The fast path (``kernels.linear``) streams the
+    stored weight through a Numba kernel for a few rows (decode) and multiplies panels from cache
+    for many (prefill); it is tested against the definition.
     """
     w = weights[name + ".weight"]
     b = weights.get(name + ".bias") if bias is None else weights[bias]
     scale = weights.get(name + ".weight.scale")
     if not fast:
+        if w.dtype == np.int8 and int8_activations:
+            return ops.linear_int8_rows(x, w, scale, b)
         return ops.linear(x, dequantize(w, scale), b)
-    return kernels.linear(x, w, b, scale)
+    return kernels.linear(x, w, b, scale, int8_activations)
 
 
 def embed(weights: dict[str, np.ndarray], input_ids: np.ndarray) -> np.ndarray:  # [B, T] -> [B, T, E]
@@ -269,6 +277,7 @@ def block(
     cache: Cache,  # keys/values of earlier tokens; this call appends T
     fast: bool,
     trace: dict[str, np.ndarray] | None,
+    int8_activations: bool = True,  # int8 weights: quantize the rows of x too (see dense)
 ) -> np.ndarray:  # [B, T, E]
     """One CodeGen block: x + attn(ln_1(x)) + mlp(ln_1(x))."""
     B, T, E = x.shape
@@ -280,14 +289,15 @@ def block(
         layer = {n: weights[p + n] for n in _BLOCK_WEIGHTS if p + n in weights}
         out = x.reshape(B, E).copy()
         kernels.decode_block(out, layer, cfg.layer_norm_epsilon, sincos[:, 0], cfg.rotary_dim, H,
-                             cache.k[i], cache.v[i], S, cache.mask[:, :S] != 0)
+                             cache.k[i], cache.v[i], S, cache.mask[:, :S] != 0, int8_activations=int8_activations)
         return out.reshape(B, T, E)
 
     h = op.layer_norm(x, weights[p + "ln_1.weight"], weights[p + "ln_1.bias"], cfg.layer_norm_epsilon)
     rows = h.reshape(B * T, E)
 
     # attention: fused qkv projection, mp_num=4 split, rotary on q and k, attend over the cache
-    qkv = dense(rows, weights, p + "attn.qkv_proj", fast).reshape(B, T, 3 * E)
+    q8 = int8_activations
+    qkv = dense(rows, weights, p + "attn.qkv_proj", fast, int8_activations=q8).reshape(B, T, 3 * E)
     q, k, v = ops.split_qkv(qkv, H)  # 3 × [B, T, H, D]
     if trace is not None:
         trace |= {f"h.{i}.q_split": q, f"h.{i}.k_split": k, f"h.{i}.v": v}
@@ -304,14 +314,17 @@ def block(
         if trace is not None:
             trace |= {f"h.{i}.q": q.transpose(0, 2, 1, 3), f"h.{i}.k": k, f"h.{i}.attn_probs": probs}
     a = a.transpose(0, 2, 1, 3).reshape(B * T, E)  # merge heads: [B, T, H·D]
-    attn_out = dense(a, weights, p + "attn.out_proj", fast)
+    attn_out = dense(a, weights, p + "attn.out_proj", fast, int8_activations=q8)
 
     # MLP on the same ln_1 output (parallel residual)
-    hidden = dense(rows, weights, p + "mlp.fc_in", fast)
+    hidden = dense(rows, weights, p + "mlp.fc_in", fast, int8_activations=q8)
     hidden = kernels.gelu_new(hidden, out=hidden) if fast else ops.gelu_new(hidden)
-    mlp_out = dense(hidden, weights, p + "mlp.fc_out", fast)
+    mlp_out = dense(hidden, weights, p + "mlp.fc_out", fast, int8_activations=q8)
 
-    out = x + (attn_out + mlp_out).reshape(B, T, E)
+    if fast:  # the same sums in place: x + (attn_out + mlp_out), without two fresh [B, T, E] arrays
+        out = np.add(np.add(attn_out, mlp_out, out=mlp_out), x.reshape(B * T, E), out=mlp_out).reshape(B, T, E)
+    else:
+        out = x + (attn_out + mlp_out).reshape(B, T, E)
     if trace is not None:
         trace |= {
             f"h.{i}.ln_1": h, f"h.{i}.attn_out": attn_out.reshape(B, T, E),
@@ -332,6 +345,9 @@ def forward(
 ) -> np.ndarray:  # float32 [B, T, V]
     """The logits of the next token after each position."""
     cfg, weights = model.config, model.weights
+    if model.int8_activations not in INT8_ACTIVATIONS:
+        raise ValueError(f"model.int8_activations must be one of {', '.join(INT8_ACTIVATIONS)}, got {model.int8_activations!r}")
+    q8 = model.int8_activations == "int8"
     past = cache.length if cache is not None else 0
     ids = check_input_ids(cfg, input_ids, past)
     B, T = ids.shape
@@ -362,7 +378,7 @@ def forward(
                                   cache.mask[:, : past + 1] != 0).reshape(B, 1, cfg.n_embd)
     else:
         for i in range(cfg.n_layer):
-            x = block(x, weights, i, cfg, sincos, cache, model.fast, trace)
+            x = block(x, weights, i, cfg, sincos, cache, model.fast, trace, q8)
     cache.length = past + T
 
     if last_only:
@@ -370,7 +386,7 @@ def forward(
     x = (kernels if model.fast else ops).layer_norm(x, weights["transformer.ln_f.weight"], weights["transformer.ln_f.bias"], cfg.layer_norm_epsilon)
     head = "transformer.wte" if cfg.tie_word_embeddings else "lm_head"  # tied: lm_head.weight is wte
     rows = x.reshape(-1, cfg.n_embd)
-    logits = dense(rows, weights, head, model.fast, bias="lm_head.bias").reshape(B, -1, cfg.vocab_size)
+    logits = dense(rows, weights, head, model.fast, bias="lm_head.bias", int8_activations=q8).reshape(B, -1, cfg.vocab_size)
     if trace is not None:
         trace |= {"ln_f": x, "logits": logits}
     if model.fast and B * T > kernels.STREAM_MAX_T:
@@ -383,16 +399,17 @@ def decode_plan(model: "Model") -> list[tuple]:
     (checking them at every step cost about 25 µs a block) and made again if ``model.weights``
     has gained or lost a name or had an array replaced."""
     w = model.weights
+    q8 = model.int8_activations == "int8"
     cached = model._decode_plan
     if cached is not None:
-        names, sources, n_weights, plan = cached
-        if len(w) == n_weights and all(w.get(n) is a for n, a in zip(names, sources)):
+        names, sources, n_weights, was_q8, plan = cached
+        if len(w) == n_weights and was_q8 == q8 and all(w.get(n) is a for n, a in zip(names, sources)):
             return plan
     layers = [[f"transformer.h.{i}.{n}" for n in _BLOCK_WEIGHTS if f"transformer.h.{i}.{n}" in w]
               for i in range(model.config.n_layer)]
-    plan = [kernels.decode_weights({n.split(".", 3)[3]: w[n] for n in layer}, model.config.n_embd) for layer in layers]
+    plan = [kernels.decode_weights({n.split(".", 3)[3]: w[n] for n in layer}, model.config.n_embd, q8) for layer in layers]
     names = [n for layer in layers for n in layer]
-    model._decode_plan = (names, [w[n] for n in names], len(w), plan)
+    model._decode_plan = (names, [w[n] for n in names], len(w), q8, plan)
     return plan
 
 
@@ -408,6 +425,9 @@ class Model:
     tokenizer: Any = None  # minicodegen.Tokenizer, or None when the checkpoint carries none
     fast: bool = True  # Numba kernels for decode; False = the NumPy definition only
     source: str = ""
+    # int8 weights multiply activations quantized per row to 8 bits ("int8": integer dot
+    # products, the default) or float32 ones ("float32"); see README, "int8 activations".
+    int8_activations: str = "int8"
     sincos: np.ndarray = field(init=False, repr=False)  # [n_positions, rotary_dim]
     _decode_plan: Any = field(init=False, default=None, repr=False, compare=False)  # see decode_plan
 
@@ -418,6 +438,8 @@ class Model:
             if w.dtype not in allowed:
                 raise ValueError(f"{self.source or 'weights'}: weight {name!r} has dtype {w.dtype}; the model takes "
                                  f"{'/'.join(np.dtype(t).name for t in allowed)} (load() widens float16 and 1-D bf16)")
+        if self.int8_activations not in INT8_ACTIVATIONS:
+            raise ValueError(f"int8_activations must be one of {', '.join(INT8_ACTIVATIONS)}, got {self.int8_activations!r}")
         self.sincos = ops.sinusoid_table(self.config.n_positions, self.config.rotary_dim)
 
     def logits(self, input_ids: Any, attention_mask: Any = None, position_ids: Any = None) -> np.ndarray:

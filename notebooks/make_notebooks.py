@@ -55,6 +55,9 @@ def random_model(n_embd=128, n_layer=2, n_head=4, rotary_dim=16, seed=0):
 
 try:  # the trained demo model, if this minicodegen ships one
     model = minicodegen.load("tiny", fast=False)
+    # Its weights are int8. These notebooks multiply them in float32, as transformers would; the
+    # library's default also rounds each row of activations to 8 bits (README: "What int8 costs").
+    model.int8_activations = "float32"
 except Exception as e:  # noqa: BLE001
     print(f"no demo model ({type(e).__name__}): using random weights; pictures show noise, not learned structure")
     model = random_model(**RANDOM_SHAPE)

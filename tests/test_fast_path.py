@@ -43,21 +43,33 @@ def base(request, checkpoint_factory):
     return minicodegen.load(path, fast=False)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
-def test_kernels_equal_numpy_definition(base, dtype):
+@pytest.mark.parametrize("dtype,acts", [("float32", "int8"), ("bfloat16", "int8"), ("int8", "float32"), ("int8", "int8")])
+def test_kernels_equal_numpy_definition(base, dtype, acts):
+    """The kernels against the NumPy definition, whole model, prompt and decode steps.  int8 weights
+    with int8 activations: each integer product equals its definition exactly (test_kernels_integer),
+    but the float32 ops around them (layer norm, attention, gelu) differ in the last bits between
+    kernel and NumPy, and now and then such a difference moves a value across a rounding boundary of
+    the quantization: one step of 1/127 of its row's max.  So there the bound is a share of the
+    logits' spread (measured: 0.022 with std 0.86), and the argmax must agree almost everywhere."""
     weights = stored_as(base.weights, dtype)
-    slow = M.Model(base.config, weights, fast=False)
-    fast = M.Model(base.config, weights, fast=True)
+    slow = M.Model(base.config, weights, fast=False, int8_activations=acts)
+    fast = M.Model(base.config, weights, fast=True, int8_activations=acts)
     ids = np.random.default_rng(0).integers(0, VOCAB, size=(2, 24))
-    assert np.abs(fast.logits(ids) - slow.logits(ids)).max() <= 1e-4  # prefill: BLAS / tiled widening
+    want = slow.logits(ids)
+    exact = dtype != "int8" or acts == "float32"
+    tol = 1e-4 if exact else 0.1 * float(want.std())
+    got = fast.logits(ids)
+    assert np.abs(got - want).max() <= tol  # prefill: BLAS / tiled widening / integer panels
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= (1.0 if exact else 0.95)
     caches = [M.new_cache(base.config, 2, 32) for _ in range(2)]
     for m, c in zip((slow, fast), caches):
         M.forward(m, ids[:, :16], cache=c)
     for t in range(16, 24):  # decode: the streaming kernels and cached attention
         a = M.forward(slow, ids[:, t : t + 1], cache=caches[0])
         b = M.forward(fast, ids[:, t : t + 1], cache=caches[1])
-        assert np.abs(a - b).max() <= 1e-4
-    assert minicodegen.generate(fast, [1, 2, 3], 16) == minicodegen.generate(slow, [1, 2, 3], 16)
+        assert np.abs(a - b).max() <= tol
+    if exact:  # (with int8 activations a rounding flip may change a close greedy choice)
+        assert minicodegen.generate(fast, [1, 2, 3], 16) == minicodegen.generate(slow, [1, 2, 3], 16)
 
 
 def test_decode_sees_a_replaced_weight(base):
