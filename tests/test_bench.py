@@ -30,11 +30,14 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "Ratios are against the better transformers configuration",
         "peak RSS while decoding", "bf16: identical prefix", "int8: identical prefix", "teacher-forced",
         "max |Δlogits|", "fp32 kernels vs NumPy definition", "fp32 vs transformers",
-        "## Performance", "Bandwidth bound", "First run",
+        "## Performance", "Bandwidth bound", "First run", "minicodegen int8, float32 activations: decode",
+        "batch of 2 prompts", "batch of 8 prompts", "### Engines side by side", "### Decode steps of a batch",
+        "decode steps of B rows at once", "int8, float32 activations: identical prefix",
     ]:  # fmt: skip
         assert figure in out, f"missing {figure!r} in:\n{out}"
     rows = [ln for ln in out.splitlines() if re.match(r"\| (transformers|minicodegen) ", ln)]
-    assert len(rows) == 8, out  # transformers twice (OpenMP default / PASSIVE), minicodegen 3 dtypes x (in memory, mapped)
+    # transformers twice (OpenMP default / PASSIVE), minicodegen 3 dtypes x (in memory, mapped) + int8 with float activations
+    assert len(rows) == 9, out
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert len(cells) == 11 and all(cells), row

@@ -1,4 +1,4 @@
-"""End-to-end speed of minicodegen against transformers and CTranslate2 on the same CPU (issue 6).
+"""End-to-end speed of minicodegen against transformers and CTranslate2 on the same CPU.
 
 Builds a random-weight CodeGen checkpoint with the real 350M shape (``--2b``: the
 2B shape) with transformers, converts it to fp32 / bf16 / int8 ``.npz`` files and,
@@ -23,10 +23,12 @@ then measures with the same number of threads (``--threads``, default 2):
 * agreement of bf16 / int8 with fp32: greedy identical-prefix length over 128
   tokens, teacher-forced argmax agreement (fed the fp32 tokens), max |logits
   difference| on the prompt; fp32 against the NumPy definition and transformers;
-* batch: new tokens/s of one greedy generation of ``batch_B`` = 8 prompts of 32 tokens,
+* batch: new tokens/s of one greedy generation of B = 8 and B = 32 prompts of 32 tokens,
   64 new tokens each, end to end (prompt included; minicodegen: ``minicodegen.generate(model,
-  [8 id lists], max_new_tokens=64)``; transformers: ``generate`` on the left-padded batch with
-  ``min_new_tokens=64``; CTranslate2: ``generate_batch`` with ``min_length=64``);
+  [B id lists], max_new_tokens=64)``; transformers, B = 8 only: ``generate`` on the left-padded
+  batch with ``min_new_tokens=64``; CTranslate2: ``generate_batch`` with ``min_length=64``);
+* decode steps of B rows (minicodegen, B = 1, 2, 4, 8, 16, 32): tokens/s of 15 steps of a batch
+  of B after B prompts of 32 tokens, the steps only;
 * the first-run compile time of the kernels (``kernels.warmup()`` with an empty
   ``NUMBA_CACHE_DIR``) and the time to load them from the on-disk cache.
 
@@ -95,14 +97,18 @@ TORCH_CONFIGS = {
 MCG_CONFIGS = {
     **{dt: {"label": f"minicodegen {SHORT[dt]}", "dtype": dt, "mapped": False} for dt in DTYPES},
     **{f"{dt}-mapped": {"label": f"minicodegen {SHORT[dt]} (mapped)", "dtype": dt, "mapped": True} for dt in DTYPES},
+    # int8 weights times float32 activations (Model.int8_activations = "float32"), the path before integer kernels
+    "int8-float": {"label": "minicodegen int8, float32 activations", "dtype": "int8", "mapped": False,
+                   "int8_activations": "float32"},
 }
+SCAN = (1, 2, 4, 8, 16, 32)  # batch sizes of the decode-steps figure (minicodegen, weights in memory)
 # CTranslate2: one converted model per quantization (written to <workdir>/ct2-<dtype>), loaded with
 # the same compute_type; "dtype" also names the minicodegen weights whose bytes per token it reads.
 CT2_CONFIGS = {
     f"ct2-{dt}": {"label": f"CTranslate2 {SHORT[dt]}", "dtype": dt, "compute_type": dt} for dt in ("float32", "int8")
 }
 CT2_REF = "ct2-int8"  # the reference of the engines table
-# issue 6 targets (350M, 2 threads): decode speed-up over transformers fp32, per weight dtype
+# targets against transformers (350M, 2 threads): decode speed-up over transformers fp32, per weight dtype
 DECODE_TARGET = {"float32": 1.4, "bfloat16": 2.5, "int8": 4.0}
 PREFILL_TARGET = 1.0  # minicodegen prefill time / transformers prefill time, at most
 RSS_TARGET = 1.3  # peak RSS while decoding / bytes of the weights in use, at most
@@ -148,10 +154,10 @@ def token_ids(n: int, vocab: int, seed: int) -> list[int]:
     return np.random.default_rng(seed).integers(0, vocab - 1, n).tolist()
 
 
-def batch_prompts(a: dict, vocab: int) -> list[list[int]]:
-    """The prompts of the batch figure: ``batch_B`` different prompts of ``prompt_T`` tokens (the
-    same on every side; equal lengths, so no engine spends steps on padding)."""
-    return [token_ids(a["prompt_T"], vocab, 100 + b) for b in range(a["batch_B"])]
+def batch_prompts(a: dict, vocab: int, B: int) -> list[list[int]]:
+    """The prompts of a batch figure: ``B`` different prompts of ``prompt_T`` tokens (the same on
+    every side; equal lengths, so no engine spends steps on padding)."""
+    return [token_ids(a["prompt_T"], vocab, 100 + b) for b in range(B)]
 
 
 def progress(msg: str) -> None:
@@ -175,13 +181,17 @@ def result(obj: dict) -> None:
 
 
 def _batch_runs(run_batch, a: dict) -> dict:
-    """The batch figure: one short untimed run (the batched shapes warm), then ``reps`` timed runs
-    of ``batch_new_T`` new tokens per prompt; ``run_batch(n)`` returns (seconds, new tokens made)."""
-    run_batch(2)
-    runs = [run_batch(a["batch_new_T"]) for _ in range(a["reps"])]
-    tokens = min(r[1] for r in runs)
-    progress(f"  batch of {a['batch_B']} x {a['batch_new_T']}: {tokens / median([r[0] for r in runs]):.2f} new tok/s")
-    return {"batch_runs_s": [r[0] for r in runs], "batch_tokens": tokens}
+    """The batch figures, for each B of ``batch_Bs``: one short untimed run (the batched shapes
+    warm), then ``reps`` timed runs of ``batch_new_T`` new tokens per prompt; ``run_batch(B, n)``
+    returns (seconds, new tokens made)."""
+    out = {}
+    for B in a["batch_Bs"]:
+        run_batch(B, 2)
+        runs = [run_batch(B, a["batch_new_T"]) for _ in range(a["reps"])]
+        tokens = min(r[1] for r in runs)
+        progress(f"  batch of {B} x {a['batch_new_T']}: {tokens / median([r[0] for r in runs]):.2f} new tok/s")
+        out |= {f"batch_runs_s_{B}": [r[0] for r in runs], f"batch_tokens_{B}": tokens}
+    return out
 
 
 # ----------------------------------------------------------------------------- workers (subprocesses)
@@ -289,6 +299,7 @@ def w_mcg(a: dict) -> None:
     st_base = proc_status()  # interpreter + numpy + numba, no weights, no kernel loaded yet
     t0 = time.perf_counter()
     model = minicodegen.load(a["npz"], mapped=bool(a["mapped"]))
+    model.int8_activations = a.get("int8_activations", "int8")
     t_load = time.perf_counter() - t0
     cfg = model.config
     wbytes = sum(w.nbytes for w in model.weights.values())
@@ -327,14 +338,24 @@ def w_mcg(a: dict) -> None:
         forward(model, prompt[None], cache=new_cache(cfg, 1, a["prompt_T"] + 1), last_only=True)
         extra["generate_tps"] = a["new_T"] / ((t1 - t0) - (time.perf_counter() - t1))
     if a.get("batch", True):
-        batch = batch_prompts(a, cfg.vocab_size)
-
-        def run_batch(n: int) -> tuple[float, int]:  # a batch of id lists: left-padded, run together
+        def run_batch(B: int, n: int) -> tuple[float, int]:  # a batch of id lists: left-padded, run together
+            batch = batch_prompts(a, cfg.vocab_size, B)
             t0 = time.perf_counter()
             out = minicodegen.generate(model, batch, max_new_tokens=n)
             return time.perf_counter() - t0, sum(len(r) for r in out)  # a row ends early at EOS
 
         extra |= _batch_runs(run_batch, a)
+    if a.get("scan"):  # decode steps only, B rows at once: what a batch of B costs per step
+        for B in a["scan"]:
+            cache = new_cache(cfg, B, a["prompt_T"] + 17)
+            forward(model, np.array(batch_prompts(a, cfg.vocab_size, B), np.int64), cache=cache, last_only=True)
+            tok = np.zeros((B, 1), np.int64)
+            forward(model, tok, cache=cache, last_only=True)
+            t0 = time.perf_counter()
+            for _ in range(15):
+                tok = forward(model, tok, cache=cache, last_only=True)[:, -1].argmax(-1)[:, None]
+            extra[f"scan_{B}"] = [B * 15 / (time.perf_counter() - t0)]
+        progress("  decode steps of B rows (tok/s): " + ", ".join(f"{B}: {extra[f'scan_{B}'][0]:.1f}" for B in a["scan"]))
     result({
         **extra,
         "threads": n, "mapped": bool(a["mapped"]), "load_s": t_load, "weight_bytes": wbytes,
@@ -403,15 +424,14 @@ def w_hf(a: dict) -> None:
 
     extra = {"generate_tps": a["new_T"] / gen()} if a.get("generate", True) else {}  # one run: the model is warm
     if a.get("batch", True):
-        batch = batch_prompts(a, cfg.vocab_size)
-        T = max(len(p) for p in batch)
-        ids = torch.full((len(batch), T), cfg.eos_token_id, dtype=torch.long)  # left padding
-        mask = torch.zeros((len(batch), T), dtype=torch.long)
-        for b, p in enumerate(batch):
-            ids[b, T - len(p):], mask[b, T - len(p):] = torch.tensor(p), 1
-
         @torch.inference_mode()
-        def run_batch(n: int) -> tuple[float, int]:
+        def run_batch(B: int, n: int) -> tuple[float, int]:
+            batch = batch_prompts(a, cfg.vocab_size, B)
+            T = max(len(p) for p in batch)
+            ids = torch.full((len(batch), T), cfg.eos_token_id, dtype=torch.long)  # left padding
+            mask = torch.zeros((len(batch), T), dtype=torch.long)
+            for b, p in enumerate(batch):
+                ids[b, T - len(p):], mask[b, T - len(p):] = torch.tensor(p), 1
             t0 = time.perf_counter()
             out = model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                  pad_token_id=cfg.eos_token_id)
@@ -533,9 +553,8 @@ def w_ct2(a: dict) -> None:
         gen.forward_batch([long])
         extra["forward_batch_s"] = time.perf_counter() - t0
     if a.get("batch", True):
-        batch = [[str(i) for i in p] for p in batch_prompts(a, V)]
-
-        def run_batch(n: int) -> tuple[float, int]:
+        def run_batch(B: int, n: int) -> tuple[float, int]:
+            batch = [[str(i) for i in p] for p in batch_prompts(a, V, B)]
             t0 = time.perf_counter()
             out = gen.generate_batch(batch, max_length=n, min_length=n, **greedy)
             return time.perf_counter() - t0, sum(len(r.sequences_ids[0]) for r in out)
@@ -564,6 +583,8 @@ def w_agree(a: dict) -> None:
     K.set_threads(a["threads"])
     work = Path(a["work"])
     models = {dt: minicodegen.load(work / f"{dt}.npz") for dt in DTYPES}
+    models["int8-float"] = minicodegen.load(work / "int8.npz")
+    models["int8-float"].int8_activations = "float32"
     cfg = models["float32"].config
     prompt = np.array(token_ids(a["prompt_T"], cfg.vocab_size, 1), np.int64)
     P, N = len(prompt), a["new_T"]
@@ -582,7 +603,7 @@ def w_agree(a: dict) -> None:
     ref_logits = forward(models["float32"], prompt[None])[0]
     out: dict = {"ref_tokens": ref, "distinct_ref_tokens": len(set(ref)),
                  "ref_logit_absmax": float(np.abs(ref_logits).max())}
-    for dt in DTYPES:
+    for dt in [*DTYPES, "int8-float"]:
         m = models[dt]
         toks = ref if dt == "float32" else greedy(m)
         prefix = next((i for i, (x, y) in enumerate(zip(toks, ref)) if x != y), N)
@@ -727,8 +748,8 @@ def main(argv: list[str] | None = None) -> None:
         WORKERS[args.worker[0]](json.loads(args.worker[1]))
         return
     shape = "smoke" if args.smoke else ("2B" if args.two_b else "350M")
-    sizes = (dict(prefill_T=64, prompt_T=8, new_T=16, batch_B=8, batch_new_T=16) if args.smoke
-             else dict(prefill_T=512, prompt_T=32, new_T=128, batch_B=8, batch_new_T=64))
+    sizes = (dict(prefill_T=64, prompt_T=8, new_T=16, batch_Bs=[2, 8], batch_new_T=16, scan=[1, 2, 4]) if args.smoke
+             else dict(prefill_T=512, prompt_T=32, new_T=128, batch_Bs=[8, 32], batch_new_T=64, scan=list(SCAN)))
     reps = 2 if args.smoke else max(1, args.reps)
     mem_bytes = 64 << 20 if args.smoke else 1 << 30
     th = args.threads
@@ -807,17 +828,22 @@ def main(argv: list[str] | None = None) -> None:
               f"over {rates[-1]['bytes'] / 1e9:.2f} GB, {th} threads, {100 * rates[-1].get('huge_fraction', 0):.0f}% of it "
               f"on huge pages); load average {os.getloadavg()[0]:.2f}", flush=True)
         for key in order if rnd % 2 == 0 else order[::-1]:
-            # the batch figure: not for the mapped rows (the same arithmetic as in memory)
-            a = {**common, "generate": rnd == 0, "batch": not MCG_CONFIGS.get(key, {}).get("mapped", False)}
+            # the batch figures: not for the mapped rows (the same arithmetic as in memory); the decode
+            # steps of B rows for minicodegen's in-memory rows; transformers batches of 8 only (time)
+            mapped = MCG_CONFIGS.get(key, {}).get("mapped", False)
+            a = {**common, "generate": rnd == 0, "batch": not mapped,
+                 "scan": sizes["scan"] if key in MCG_CONFIGS and not mapped else None}
             if key in TORCH_CONFIGS:
-                r = run_worker("hf", {**a, "hf_dir": str(work / "hf")}, th, torch_env[key])
+                r = run_worker("hf", {**a, "hf_dir": str(work / "hf"), "batch_Bs": sizes["batch_Bs"][:1]}, th,
+                               torch_env[key])
             elif key in CT2_CONFIGS:
                 c = CT2_CONFIGS[key]
                 r = run_worker("ct2", {**a, "model_dir": str(work / key), "compute_type": c["compute_type"],
                                        "vocab_size": SHAPES[shape]["vocab_size"]}, th, ct2_env)
             else:
                 c = MCG_CONFIGS[key]
-                r = run_worker("mcg", {**a, "npz": str(work / f"{c['dtype']}.npz"), "mapped": c["mapped"]}, th)
+                r = run_worker("mcg", {**a, "npz": str(work / f"{c['dtype']}.npz"), "mapped": c["mapped"],
+                                       "int8_activations": c.get("int8_activations", "int8")}, th)
             res[key] = _merge(res.get(key), r, sizes)
     # Once more at the end: on a busy host the rate at a round's start can be well below what the
     # decode runs of the same round then read (a bound below the figures it bounds).
@@ -835,9 +861,9 @@ def main(argv: list[str] | None = None) -> None:
     N = sizes["new_T"]
     print(f"\nagreement with fp32 over {N} greedy tokens after a {sizes['prompt_T']}-token prompt "
           f"(fp32 greedy run: {ag['distinct_ref_tokens']} distinct tokens; max |fp32 logit| {ag['ref_logit_absmax']:.3g}):")
-    for dt in DTYPES[1:]:
+    for dt in [*DTYPES[1:], "int8-float"]:
         g = ag[dt]
-        print(f"  {SHORT[dt]}: identical prefix {g['prefix']}/{N}; teacher-forced argmax agreement "
+        print(f"  {SHORT.get(dt, 'int8, float32 activations')}: identical prefix {g['prefix']}/{N}; teacher-forced argmax agreement "
               f"{g['teacher_forced']}/{N} ({100 * g['teacher_forced'] / N:.1f}%); max |Δlogits| on the prompt "
               f"{g['max_dlogit']:.3g} (median top-2 logit margin {g['median_top2_margin']:.3g})")
     print(f"  fp32 teacher-forced self-check {ag['float32']['teacher_forced']}/{N}; "
@@ -897,11 +923,15 @@ def _merge(old: dict | None, new: dict, sizes: dict) -> dict:
     out["decode_tps_best"] = sizes["new_T"] / min(out["decode_runs_s"])
     out["prefill_s"] = median(out["prefill_runs_s"])
     out["prefill_best"] = min(out["prefill_runs_s"])
-    if "batch_runs_s" in new:
-        if old is not None and "batch_runs_s" in old:
-            out["batch_runs_s"] = old["batch_runs_s"] + new["batch_runs_s"]
-            out["batch_tokens"] = min(old["batch_tokens"], new["batch_tokens"])
-        out["batch_tps"] = out["batch_tokens"] / median(out["batch_runs_s"])
+    for B in sizes["batch_Bs"]:
+        if f"batch_runs_s_{B}" in new:
+            if old is not None and f"batch_runs_s_{B}" in old:
+                out[f"batch_runs_s_{B}"] = old[f"batch_runs_s_{B}"] + new[f"batch_runs_s_{B}"]
+                out[f"batch_tokens_{B}"] = min(old[f"batch_tokens_{B}"], new[f"batch_tokens_{B}"])
+            out[f"batch_tps_{B}"] = out[f"batch_tokens_{B}"] / median(out[f"batch_runs_s_{B}"])
+    for B in sizes["scan"]:
+        if old is not None and f"scan_{B}" in old and f"scan_{B}" in new:
+            out[f"scan_{B}"] = old[f"scan_{B}"] + new[f"scan_{B}"]
     return out
 
 
@@ -922,22 +952,26 @@ def _print_run(label: str, r: dict, sizes: dict) -> None:
     if "forward_batch_s" in r:
         print(f"  for comparison: forward_batch of the {sizes['prefill_T']}-token prompt (logits of every position, "
               f"no cache) {r['forward_batch_s']:.3f} s, once")
-    if "batch_tps" in r:
-        b = r["batch_runs_s"]
-        full = sizes["batch_B"] * sizes["batch_new_T"]
-        print(f"  batch of {sizes['batch_B']} prompts x {sizes['batch_new_T']} new tokens: {r['batch_tps']:.2f} new tok/s "
-              f"(median of {len(b)}; {r['batch_tokens']} new tokens in {min(b):.2f}..{max(b):.2f} s per run"
-              + (f"; rows ended at EOS: {full - r['batch_tokens']} tokens fewer" if r["batch_tokens"] < full else "") + ")")
+    for B in sizes["batch_Bs"]:
+        if f"batch_tps_{B}" in r:
+            b, tok = r[f"batch_runs_s_{B}"], r[f"batch_tokens_{B}"]
+            full = B * sizes["batch_new_T"]
+            print(f"  batch of {B} prompts x {sizes['batch_new_T']} new tokens: {r[f'batch_tps_{B}']:.2f} new tok/s "
+                  f"(median of {len(b)}; {tok} new tokens in {min(b):.2f}..{max(b):.2f} s per run"
+                  + (f"; rows ended at EOS: {full - tok} tokens fewer" if tok < full else "") + ")")
+    if f"scan_{sizes['scan'][0]}" in r:
+        print("  decode steps of B rows at once (tok/s, median over rounds): "
+              + ", ".join(f"B={B} {median(r[f'scan_{B}']):.1f}" for B in sizes["scan"]))
 
 
 def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch, has_ct2) -> None:
     N, P, L = sizes["new_T"], sizes["prompt_T"], sizes["prefill_T"]
-    B, BN = sizes["batch_B"], sizes["batch_new_T"]
+    BS, BN = sizes["batch_Bs"], sizes["batch_new_T"]
     rate = mr["gbps"] * 1e9
     # the reference for every ratio: the better transformers configuration, per figure
     ref = {f: torch_ref(res, f, higher) for f, higher in
            (("decode_tps", True), ("decode_tps_best", True), ("prefill_s", False), ("prefill_best", False),
-            ("batch_tps", True))}
+            (f"batch_tps_{BS[0]}", True))}
     t = ref["decode_tps"] is not None
 
     def ratio(x: float | None) -> str:
@@ -1004,9 +1038,9 @@ def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch, 
           + " / ".join(f"{rate / res[dt]['read_per_token']:.1f}" for dt in DTYPES)
           + " tok/s for fp32 / bf16 / int8.")
     print(f"\nAccuracy against fp32 weights (greedy, {N} tokens): "
-          + "; ".join(f"{SHORT[dt]} identical prefix {ag[dt]['prefix']}/{N}, teacher-forced argmax agreement "
-                      f"{100 * ag[dt]['teacher_forced'] / N:.1f}%, max |Δlogits| {ag[dt]['max_dlogit']:.2g}"
-                      for dt in DTYPES[1:])
+          + "; ".join(f"{SHORT.get(dt, 'int8 with float32 activations')} identical prefix {ag[dt]['prefix']}/{N}, "
+                      f"teacher-forced argmax agreement {100 * ag[dt]['teacher_forced'] / N:.1f}%, max |Δlogits| "
+                      f"{ag[dt]['max_dlogit']:.2g}" for dt in [*DTYPES[1:], "int8-float"])
           + f" (max |logit| {ag['ref_logit_absmax']:.2g}; random weights have small top-2 margins, so these "
           f"understate agreement on a trained model). fp32 with the kernels vs the NumPy definition: "
           f"{ag['fp32_fast_vs_numpy']:.1g}"
@@ -1026,29 +1060,69 @@ def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch, 
     print("\n### Engines side by side\n")
     c = res.get(CT2_REF)
     print(f"| weights | engine | decode (tok/s) | vs CT2 int8 | prompt {L} tok (s) | vs CT2 int8 | "
-          f"batch {B} × {BN} (new tok/s) | vs CT2 int8 |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+          + " | ".join(f"batch {B} × {BN} (new tok/s) | vs CT2 int8" for B in BS) + " |")
+    print("|---|---|---:|---:|---:|---:|" + "---:|---:|" * len(BS))
     rows = []
     if t:
-        tr = {f: res[ref[f][0]][f] for f in ("decode_tps", "prefill_s", "batch_tps")}
+        tr = {f: res[ref[f][0]][f] for f in ("decode_tps", "prefill_s")} | {
+            f"batch_tps_{BS[0]}": res[ref[f"batch_tps_{BS[0]}"][0]][f"batch_tps_{BS[0]}"]}
         rows.append(("fp32", "transformers", tr))
     rows += [(SHORT[dt], engine, res[key]) for dt in DTYPES
              for engine, key in (("CTranslate2", f"ct2-{dt}"), ("minicodegen", dt)) if key in res]
+    rows.append(("int8", "minicodegen, float32 activations", res["int8-float"]))
+
+    def batch_cells(r: dict) -> str:
+        cells = []
+        for B in BS:
+            v = r.get(f"batch_tps_{B}")
+            cv = c.get(f"batch_tps_{B}") if c else None
+            cells.append("–" if v is None else f"{v:.1f}")
+            cells.append(ratio(v / cv if v is not None and cv else None))
+        return " | ".join(cells)
+
     for w, engine, r in rows:
         print(f"| {w} | {engine} | {r['decode_tps']:.2f} | {ratio(r['decode_tps'] / c['decode_tps'] if c else None)} | "
-              f"{r['prefill_s']:.3f} | {ratio(r['prefill_s'] / c['prefill_s'] if c else None)} | "
-              f"{r['batch_tps']:.1f} | {ratio(r['batch_tps'] / c['batch_tps'] if c else None)} |")
+              f"{r['prefill_s']:.3f} | {ratio(r['prefill_s'] / c['prefill_s'] if c else None)} | {batch_cells(r)} |")
     print(f"\nDecode and prompt as in the table above (minicodegen: the .npz in memory); batch: one greedy generation "
-          f"of {B} prompts of {P} tokens, {BN} new tokens each, end to end, new tokens/s (minicodegen "
-          f"`generate(model, [{B} id lists], max_new_tokens={BN})`; transformers `generate` on the left-padded batch, "
-          f"`min_new_tokens={BN}`; CTranslate2 `generate_batch`, `min_length={BN}`). Ratios: decode and batch are tok/s "
-          f"÷ CTranslate2 int8's (above 1: faster), prompt is seconds ÷ CTranslate2 int8's (below 1: faster)."
+          f"of B prompts of {P} tokens, {BN} new tokens each, end to end, new tokens/s (minicodegen "
+          f"`generate(model, [B id lists], max_new_tokens={BN})`; transformers `generate` on the left-padded batch, "
+          f"`min_new_tokens={BN}`, B = {BS[0]} only; CTranslate2 `generate_batch`, `min_length={BN}`). Ratios: decode "
+          f"and batch are tok/s ÷ CTranslate2 int8's (above 1: faster), prompt is seconds ÷ CTranslate2 int8's (below "
+          f"1: faster). minicodegen int8 multiplies int8 activations (rows quantized on the fly, integer dot products); "
+          f"the \"float32 activations\" row is the same weights through the float kernels."
           + (f" transformers: the better OpenMP configuration per column (decode {short_omp(ref['decode_tps'][0])}, "
-             f"prompt {short_omp(ref['prefill_s'][0])}, batch {short_omp(ref['batch_tps'][0])})." if t else "")
+             f"prompt {short_omp(ref['prefill_s'][0])}, batch {short_omp(ref[f'batch_tps_{BS[0]}'][0])})." if t else "")
           + ("" if c else " CTranslate2 not measured" + ("" if has_ct2 else " (not installed or --no-ct2)") + "."))
 
+    scan = sizes["scan"]
+    print(f"\n### Decode steps of a batch\n\nminicodegen, tokens/s of {15} decode steps of B rows at once after B prompts "
+          f"of {P} tokens (the steps only; median over the rounds):\n")
+    print("| weights | " + " | ".join(f"B = {B}" for B in scan) + " |")
+    print("|---|" + "---:|" * len(scan))
+    for key in [*DTYPES, "int8-float"]:
+        if f"scan_{scan[0]}" in res[key]:
+            print(f"| {label_of(key).removeprefix('minicodegen ')} | "
+                  + " | ".join(f"{median(res[key][f'scan_{B}']):.1f}" for B in scan) + " |")
+
+    if c and shape != "smoke":
+        cf = res.get("ct2-float32")
+        print("\nTargets against CTranslate2 (same run, same threads):")
+        checks = [
+            ("prompt int8 ≤ 1.0× CTranslate2 int8's time", res["int8"]["prefill_s"] / c["prefill_s"], 1.0, False),
+            ("batch of 8, int8 ≥ 2× CTranslate2 int8's tok/s", res["int8"][f"batch_tps_{BS[0]}"] / c[f"batch_tps_{BS[0]}"], 2.0, True),
+            ("decode int8 ≥ 3× CTranslate2 int8's tok/s", res["int8"]["decode_tps"] / c["decode_tps"], 3.0, True),
+            ("prompt bf16 ≤ 0.7× minicodegen fp32's time", res["bfloat16"]["prefill_s"] / res["float32"]["prefill_s"], 0.7, False),
+        ]
+        if cf:
+            checks += [("prompt fp32 ≤ 1.0× CTranslate2 fp32's time", res["float32"]["prefill_s"] / cf["prefill_s"], 1.0, False),
+                       ("decode fp32 ≥ 1.0× CTranslate2 fp32's tok/s", res["float32"]["decode_tps"] / cf["decode_tps"], 1.0, True)]
+        for what, x, goal, higher in checks:
+            ok = x >= goal if higher else x <= goal
+            miss = (1 - x / goal) if higher else (x / goal - 1)
+            print(f"  {what}: {x:.2f}× {'met' if ok else f'MISSED by {100 * miss:.0f}%'}")
+
     if t and shape != "smoke":
-        print(f"\nTargets (issue 6; minicodegen with the .npz in memory, mapped in parentheses; transformers reference: "
+        print(f"\nTargets against transformers (minicodegen with the .npz in memory, mapped in parentheses; reference: "
               f"decode {short_omp(ref['decode_tps'][0])}, best decode run {short_omp(ref['decode_tps_best'][0])}, "
               f"prefill {short_omp(ref['prefill_s'][0])}, best prefill run {short_omp(ref['prefill_best'][0])}):")
         for dt in DTYPES:
