@@ -155,3 +155,27 @@ def test_the_activation_setting_is_checked():
     model.int8_activations = "fp8"
     with pytest.raises(ValueError, match="model.int8_activations must be one of"):
         model.logits([1, 2, 3])
+
+
+@SETTINGS
+@given(seeds, st.integers(1, 40), st.sampled_from([64, 128, 192]), st.sampled_from([32, 64, 96]), st.booleans())
+def test_the_bf16_prompt_kernel_is_within_a_float32_sum_of_its_definition(seed, T, n_out, n_in, with_bias):
+    """qgemm.linear_bf16_rows (vdpbf16ps; opt-in through linear_bf16(..., bf16_activations=True)) against
+    ops.linear_bf16_rows in float64: x rounded to bf16 exactly as the definition rounds it, the
+    sums within the error bound of a float32 sum of n_in products (vdpbf16ps rounds after each
+    pair; products of bf16 numbers are exact in float32)."""
+    if qgemm.BF16_ISA.name != "avx512_bf16":
+        pytest.skip("this CPU has no AVX512-BF16: linear_bf16 widens instead (tests/test_kernels_prefill.py)")
+    from kernel_helpers import gamma, to_bf16, widen
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((T, n_in)).astype(np.float32)
+    W16 = to_bf16(rng.standard_normal((n_out, n_in)).astype(np.float32))
+    b = rng.standard_normal(n_out).astype(np.float32) if with_bias else None
+    y = K.linear_bf16(x, W16, b, bf16_activations=True) if T > K.STREAM_MAX_T else qgemm.linear_bf16_rows(x, W16, b)
+    xr = ops.round_bf16(x).astype(np.float64)
+    w = widen(W16).astype(np.float64)
+    want = xr @ w.T + (0 if b is None else b)
+    bound = gamma(n_in + 2) * (np.abs(xr) @ np.abs(w).T + (0 if b is None else np.abs(b))) + 1e-30
+    assert np.all(np.abs(y - want) <= bound)
+    np.testing.assert_array_equal(ops.round_bf16(x), widen(to_bf16(x)))  # (the definition's rounding is the helpers')
