@@ -690,7 +690,7 @@ def machine() -> dict:
                 info["cpu"] = v
             elif k == "flags" and not info["flags"]:
                 fl = set(v.split())
-                info["flags"] = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16") if f in fl)
+                info["flags"] = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in fl)
             elif k == "cache size":
                 info["cache"] = v
     except OSError:
