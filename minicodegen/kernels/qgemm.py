@@ -23,6 +23,7 @@ from numba.extending import intrinsic
 from .arrays import _check_w, _prep_vec, _prep_x, _ro, _tile_buffer
 from .cpu import Isa, bf16_dot
 from .integer import INT8_ISA, _idot, _out, _qgemv, _quantize_rows
+from .simd import _ir_transpose16
 
 # ---------------------------------------------------------------------------
 # A prompt: y = x @ Wq.T * scale + b for many rows.  Each thread takes panels of 16 rows of W; for
@@ -84,9 +85,9 @@ def _qgemm(xq, xsum, sx, W, scale, b, y, isa):  # pragma: no cover - compiled
 # _dp_tile runs 6 rows of x against the panel: 6 x 4 accumulators of 16 lanes, and per 4 bytes
 # of n_in 4 loads of the panel, 6 broadcasts and 24 vpdpbusd, with no sum across lanes at the end.
 # The offset of the weights comes off as in _idot: - 128 * sum_i xq[t, i].  Repacking costs one
-# pass over W per call (2 % of the multiply-adds' time at T = 512); T is padded to a multiple of 6
-# with rows of zeros, whose outputs are not written.  Rows of W past the last full panel go
-# through _qgemm_rows.
+# pass over W per call and 64 * n_in bytes of scratch per thread; nothing is stored with the model,
+# so loading is unchanged.  T is padded to a multiple of 6 with rows of zeros, whose outputs are not
+# written.  Rows of W past the last full panel go through _qgemm_rows.
 # ---------------------------------------------------------------------------
 
 _MR = 6  # rows of x per tile
@@ -126,13 +127,7 @@ def _pack16(typingctx, W, r0, k0, Wp, c0):
         for i in range(16):
             at = builder.add(builder.mul(builder.add(r0_, ir.Constant(i64, i)), ldw), k0_bytes)
             rows.append(builder.load(builder.bitcast(builder.gep(wp, [at]), _V16.as_pointer()), align=1))
-        for d in (8, 4, 2, 1):  # the 16 x 16 transpose of simd._transpose_add16, on int32
-            lo = ir.Constant(_V16, [j if not j & d else 16 + j - d for j in range(16)])
-            hi = ir.Constant(_V16, [j + d if not j & d else 16 + j for j in range(16)])
-            for i in range(16):
-                if not i & d:
-                    a, c = rows[i], rows[i + d]
-                    rows[i], rows[i + d] = builder.shuffle_vector(a, c, lo), builder.shuffle_vector(a, c, hi)
+        rows = _ir_transpose16(builder, rows)  # (as simd._transpose_add16, on int32)
         if itemsize == 1:
             rows = [builder.xor(r, ir.Constant(_V16, [-2139062144] * 16)) for r in rows]  # 0x80808080
         q0 = builder.sdiv(k0_bytes, ir.Constant(i64, 4))
@@ -215,6 +210,25 @@ def _dp_tile(typingctx, Wp, q0, q1, xq, t0, C, acc_in):
     return types.void(Wp, q0, q1, xq, t0, C, acc_in), codegen
 
 
+@njit(inline="always")
+def _panel_sums(W, j0, x, T, C):  # pragma: no cover - compiled
+    """C[t, r] = the sums of products of row t of x with row j0 + r of W for t < T, r < 64 (see the
+    section comment): the panel repacked into per-thread scratch, then _dp_tile over blocks of
+    _TB rows of x and chunks of _KQ 4-byte groups of n_in.  int8 W and x (int32 C) or bf16 W and
+    x (float32 C)."""
+    n = W.shape[1]
+    per = 4 // W.itemsize  # weights in a 4-byte group
+    nq = n // per
+    Wp = np.empty((nq, _NR), np.int32)
+    for s in range(0, _NR, 16):
+        for k0 in range(0, n, 16 * per):
+            _pack16(W, j0 + s, k0, Wp, s)
+    for tb in range(0, T, _TB):
+        for q0 in range(0, nq, _KQ):
+            for t0 in range(tb, min(tb + _TB, T), _MR):
+                _dp_tile(Wp, q0, min(q0 + _KQ, nq), x, t0, C, q0 > 0)
+
+
 @njit(parallel=True, error_model="numpy", cache=True)
 def _qgemm_vnni(xq, xsum, sx, W, scale, b, y, isa):  # pragma: no cover - compiled
     """_qgemm on AVX512-VNNI through repacked panels (see the section comment): xq [T_pad, n] int8
@@ -226,15 +240,8 @@ def _qgemm_vnni(xq, xsum, sx, W, scale, b, y, isa):  # pragma: no cover - compil
     for p in prange(n_panels):
         j0 = p * _NR
         if p < n_full:
-            Wp = np.empty((n // 4, _NR), np.int32)
             C = np.empty((xq.shape[0], _NR), np.int32)
-            for s in range(0, _NR, 16):
-                for k0 in range(0, n, 64):
-                    _pack16(W, j0 + s, k0, Wp, s)
-            for tb in range(0, T, _TB):
-                for q0 in range(0, n // 4, _KQ):
-                    for t0 in range(tb, min(tb + _TB, T), _MR):
-                        _dp_tile(Wp, q0, min(q0 + _KQ, n // 4), xq, t0, C, q0 > 0)
+            _panel_sums(W, j0, xq, T, C)
             for t in range(T):
                 off = 128 * xsum[t]
                 for r in range(_NR):
@@ -273,15 +280,8 @@ def _gemm_bf16dp(xb, W, b, y):  # pragma: no cover - compiled
     n_out, n = W.shape
     for p in prange(n_out // _NR):
         j0 = p * _NR
-        Wp = np.empty((n // 2, _NR), np.int32)
         C = np.empty((xb.shape[0], _NR), np.float32)
-        for s in range(0, _NR, 16):
-            for k0 in range(0, n, 32):
-                _pack16(W, j0 + s, k0, Wp, s)
-        for tb in range(0, T, _TB):
-            for q0 in range(0, n // 2, _KQ):
-                for t0 in range(tb, min(tb + _TB, T), _MR):
-                    _dp_tile(Wp, q0, min(q0 + _KQ, n // 2), xb, t0, C, q0 > 0)
+        _panel_sums(W, j0, xb, T, C)
         for t in range(T):
             for r in range(_NR):
                 v = C[t, r]

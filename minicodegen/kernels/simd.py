@@ -451,6 +451,21 @@ def _matmul_rows(typingctx, A, B, n_inner, n_cols, C, acc_in):
     return types.void(A, B, n_inner, n_cols, C, acc_in), codegen
 
 
+def _ir_transpose16(builder, rows):
+    """IR: 16 vectors of 16 lanes transposed (out[m][i] = rows[i][m]): four rounds of swapping the
+    d x d blocks off the diagonal between rows i and i + d (d = 8, 4, 2, 1), 64 shuffles."""
+    rows = list(rows)
+    i32v = ir.VectorType(ir.IntType(32), _LANES)
+    for d in (8, 4, 2, 1):
+        lo = ir.Constant(i32v, [j if not j & d else 16 + j - d for j in range(16)])
+        hi = ir.Constant(i32v, [j + d if not j & d else 16 + j for j in range(16)])
+        for i in range(16):
+            if not i & d:
+                a, c = rows[i], rows[i + d]
+                rows[i], rows[i + d] = builder.shuffle_vector(a, c, lo), builder.shuffle_vector(a, c, hi)
+    return rows
+
+
 # A 16 x 16 block transposed in registers (prefill.py: packing the tokens, writing out the sums).
 @intrinsic
 def _transpose_add16(typingctx, src, r0, c0, b, b0, dst, t0, j0):
@@ -468,15 +483,8 @@ def _transpose_add16(typingctx, src, r0, c0, b, b0, dst, t0, j0):
         dp, ldd = _ir_matrix(context, builder, sig.args[5], args[5])
         bp = builder.bitcast(context.make_array(sig.args[3])(context, builder, value=args[3]).data, _F32.as_pointer())
         r0_, c0_, b0_, t0_, j0_ = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, 2, 4, 6, 7))
-        rows = [_ir_vload(builder, sp, builder.add(builder.mul(builder.add(r0_, _i64(i)), lds), c0_)) for i in range(16)]
-        i32v = ir.VectorType(ir.IntType(32), _LANES)
-        for d in (8, 4, 2, 1):  # swap the d x d blocks off the diagonal, for every pair of rows (i, i + d)
-            lo = ir.Constant(i32v, [j if not j & d else 16 + j - d for j in range(16)])
-            hi = ir.Constant(i32v, [j + d if not j & d else 16 + j for j in range(16)])
-            for i in range(16):
-                if not i & d:
-                    a, c = rows[i], rows[i + d]
-                    rows[i], rows[i + d] = builder.shuffle_vector(a, c, lo), builder.shuffle_vector(a, c, hi)
+        rows = _ir_transpose16(builder, [_ir_vload(builder, sp, builder.add(builder.mul(builder.add(r0_, _i64(i)), lds), c0_))
+                                         for i in range(16)])
         bias = _ir_vload(builder, bp, b0_)
         for m in range(16):  # rows[m] now holds src[r0 + i, c0 + m] for i = 0..15
             _ir_vstore(builder, builder.fadd(rows[m], bias), dp, builder.add(builder.mul(builder.add(t0_, _i64(m)), ldd), j0_))
