@@ -131,7 +131,7 @@ def read_prompt(prompt: str | None) -> str:
     return prompt
 
 
-COMPILING = "minicodegen: compiling kernels for this CPU (first run only, about 30 s)..."
+COMPILING = "minicodegen: compiling kernels for this CPU (first run only, about a minute and a half)..."
 
 
 def weights_dtype(model: Model) -> str:
