@@ -234,7 +234,7 @@ def _qgemm_vnni(xq, xsum, sx, W, scale, b, y, isa):  # pragma: no cover - compil
     """_qgemm on AVX512-VNNI through repacked panels (see the section comment): xq [T_pad, n] int8
     with T_pad a multiple of 6 (rows past T zero) and n a multiple of 64; y [T, n_out]."""
     T = y.shape[0]
-    n_out, n = W.shape
+    n_out = W.shape[0]
     n_full = n_out // _NR
     n_panels = (n_out + _NR - 1) // _NR  # (a conditional expression inside prange() keeps the loop serial)
     for p in prange(n_panels):
@@ -277,7 +277,7 @@ def _gemm_bf16dp(xb, W, b, y):  # pragma: no cover - compiled
     """y = widen(xb) @ widen(W).T [+ b] with vdpbf16ps: xb [T_pad, n] bf16 bits (T_pad a multiple
     of 6, rows past T zero), W [n_out, n] bf16 bits (n % 32 == 0, n_out % 64 == 0), y [T, n_out]."""
     T = y.shape[0]
-    n_out, n = W.shape
+    n_out = W.shape[0]
     for p in prange(n_out // _NR):
         j0 = p * _NR
         C = np.empty((xb.shape[0], _NR), np.float32)
