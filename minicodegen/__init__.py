@@ -23,16 +23,20 @@ from .model import INT8_ACTIVATIONS, Config, Model, forward, new_cache  # noqa: 
 from .tokenizer import Tokenizer  # noqa: E402
 
 
-def load(path: str | _os.PathLike, fast: bool = True, mapped: bool = True, int8_activations: str = "int8") -> Model:
+def load(path: str | _os.PathLike, fast: bool = True, mapped: bool = True, int8_activations: str = "int8",
+         dtype: str | None = None) -> Model:
     """Loads a model from a checkpoint directory, a converted ``.npz``, a hub id or ``"tiny"``.
 
+    ``dtype``: how the matrices are stored, "float32", "bfloat16", "int8" or "int4" (None: as the
+    file stores them; a hub id: int8, converted once and cached, one file per dtype; a local file
+    stored otherwise is converted as it loads; see checkpoint.load_model).
     ``mapped=False``: read a ``.npz`` into memory rather than mapping it (slower to load, faster
     to decode; see checkpoint.load_model).  ``int8_activations``: what int8 weights multiply,
     activations rounded to 8 bits per row ("int8", integer dot products) or "float32" ones
-    (``Model.int8_activations``; README, "What int8 costs")."""
+    (``Model.int8_activations``; README, "What int8 costs"); int4 weights always take 8-bit ones."""
     if int8_activations not in INT8_ACTIVATIONS:
         raise ValueError(f"int8_activations must be one of {', '.join(INT8_ACTIVATIONS)}, got {int8_activations!r}")
-    model = _load_model(path, fast=fast, mapped=mapped)
+    model = _load_model(path, fast=fast, mapped=mapped, dtype=dtype)
     model.int8_activations = int8_activations
     return model
 

@@ -76,6 +76,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-memory", action="store_true",
                    help="read a .npz model into memory instead of mapping it: slower to start, faster to decode "
                         "(worth it for long generations)")  # fmt: skip
+    p.add_argument("--dtype", choices=[d for d in npz.DTYPES if d != "float16"], default=None,
+                   help="how the weights are stored: a hub id is converted to it once and cached, one file per dtype "
+                        "(default int8); a local checkpoint or .npz stored otherwise is converted as it loads "
+                        "(default: as stored). int4 needs about half the memory of int8")  # fmt: skip
     p.add_argument("--int8-activations", choices=INT8_ACTIVATIONS, default="int8",
                    help="what int8 weights multiply: activations rounded to 8 bits per row, with integer dot products "
                         "(int8, the default: prompts and batches about 2x faster) or float32 activations (float32)")  # fmt: skip
@@ -135,9 +139,10 @@ COMPILING = "minicodegen: compiling kernels for this CPU (first run only, about 
 
 
 def weights_dtype(model: Model) -> str:
-    """The dtype a model's matrices are stored in: "float32", "bfloat16" (uint16 bits) or "int8"."""
+    """The dtype a model's matrices are stored in: "float32", "bfloat16" (uint16 bits), "int8" or
+    "int4" (uint8 codes)."""
     w = model.weights["transformer.h.0.attn.qkv_proj.weight"]
-    return "bfloat16" if w.dtype == np.uint16 else w.dtype.name
+    return {np.dtype(np.uint16): "bfloat16", np.dtype(np.uint8): "int4"}.get(w.dtype, w.dtype.name)
 
 
 def say_if_compiling(model: Model, prompt_tokens: int) -> None:
@@ -146,11 +151,12 @@ def say_if_compiling(model: Model, prompt_tokens: int) -> None:
         print(COMPILING, file=sys.stderr, flush=True)
 
 
-def load_model(name: str, threads: int | None, in_memory: bool = False, int8_activations: str = "int8") -> Model:
+def load_model(name: str, threads: int | None, in_memory: bool = False, int8_activations: str = "int8",
+               dtype: str | None = None) -> Model:
     """The model, with the kernels' thread count set; loading errors become RuntimeError."""
     if threads is not None:
         kernels.set_threads(threads)
-    model = checkpoint.load_model(name, mapped=not in_memory)  # an unreachable hub raises HubUnreachableError, which names --model PATH and --model tiny
+    model = checkpoint.load_model(name, mapped=not in_memory, dtype=dtype)  # an unreachable hub raises HubUnreachableError, which names --model PATH and --model tiny
     model.int8_activations = int8_activations
     return model  # an unreachable hub raises HubUnreachableError, which names --model PATH and --model tiny
 
@@ -161,7 +167,7 @@ def run_generate(argv: Sequence[str]) -> int:
     prompt = read_prompt(a.prompt)
     if prompt == "":
         raise UsageError("the prompt is empty")
-    model = load_model(a.model, a.threads, a.in_memory, a.int8_activations)
+    model = load_model(a.model, a.threads, a.in_memory, a.int8_activations, a.dtype)
     say_if_compiling(model, len(model.tokenizer.encode(prompt)) if model.tokenizer is not None else 1)
     stats: dict[str, float] = {}
     out = sys.stdout
@@ -193,7 +199,7 @@ def run_score(argv: Sequence[str]) -> int:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise RuntimeError(f"cannot read {a.file}: {e}") from None
-    model = load_model(a.model, a.threads, a.in_memory, a.int8_activations)
+    model = load_model(a.model, a.threads, a.in_memory, a.int8_activations, a.dtype)
     say_if_compiling(model, len(model.tokenizer.encode(text)) if model.tokenizer is not None else 1)
     s = generation.score(model, text)
     scored = sum(1 for x in s.logprobs if x == x)  # not NaN

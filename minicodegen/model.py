@@ -12,7 +12,9 @@ checkpoints (``transformer.h.0.attn.qkv_proj.weight`` …), so a reader can put 
 Weights are plain arrays. Norms and biases are float32. A matrix is stored [n_out, n_in] and may be
 - float32;
 - uint16, holding bfloat16 bit patterns (widened to float32 on use);
-- int8, with a float32 ``<name>.scale`` [n_out] beside it: W ≈ W_int8 · scale (per output row).
+- int8, with a float32 ``<name>.scale`` [n_out] beside it: W ≈ W_int8 · scale (per output row);
+- uint8, int4 codes packed two to a byte [n_out, n_in / 2], with a float16 ``<name>.scale``
+  [n_out, n_in / group] beside it: W ≈ q · scale of its group (``ops.unpack_int4``).
 """
 
 from __future__ import annotations
@@ -124,8 +126,10 @@ def is_ignored_buffer(name: str) -> bool:
 def check_weights(cfg: Config, weights: dict[str, np.ndarray], source: str = "checkpoint") -> dict[str, np.ndarray]:
     """Asserts that every expected weight is present with its shape; drops ignored buffers.
 
-    int8 weights must come with a float32 ``<name>.scale`` of shape [n_out]. Raises ValueError
-    naming the tensor, the expected and the found shape.
+    int8 weights must come with a float32 ``<name>.scale`` of shape [n_out]; int4 weights (uint8,
+    [n_out, n_in / 2]) with a finite float16 ``<name>.scale`` [n_out, n_groups] whose group size
+    n_in / n_groups is a whole even number. Raises ValueError naming the tensor, the expected
+    and the found shape.
     """
     expected = expected_shapes(cfg)
     out: dict[str, np.ndarray] = {}
@@ -133,6 +137,12 @@ def check_weights(cfg: Config, weights: dict[str, np.ndarray], source: str = "ch
         if name not in weights:
             raise ValueError(f"{source}: missing weight {name!r} (expected shape {shape})")
         w = weights[name]
+        if w.dtype == np.uint8 and len(shape) == 2:  # int4: two codes a byte
+            if tuple(w.shape) != (shape[0], shape[1] // 2) or shape[1] % 2:
+                raise ValueError(f"{source}: int4 weight {name!r} has shape {tuple(w.shape)}, expected "
+                                 f"{(shape[0], shape[1] // 2)} (two 4-bit codes a byte of {shape})")
+            out[name], out[name + ".scale"] = w, _int4_scale(weights.get(name + ".scale"), name, shape, source)
+            continue
         if tuple(w.shape) != shape:
             raise ValueError(f"{source}: weight {name!r} has shape {tuple(w.shape)}, expected {shape}")
         if w.dtype not in (np.float32, np.float16, np.uint16, np.int8):
@@ -151,15 +161,36 @@ def check_weights(cfg: Config, weights: dict[str, np.ndarray], source: str = "ch
     return out
 
 
+def _int4_scale(s: np.ndarray | None, name: str, shape: tuple[int, int], source: str) -> np.ndarray:
+    """The scale of int4 weight ``name`` of ``shape``, checked: float16 [n_out, n_groups], the
+    group size a whole even number, every scale finite."""
+    key = name + ".scale"
+    if s is None or s.dtype != np.float16 or s.ndim != 2 or s.shape[0] != shape[0] or s.shape[1] == 0:
+        got = None if s is None else f"{s.dtype} {tuple(s.shape)}"
+        raise ValueError(f"{source}: int4 weight {name!r} needs {key!r}, float16 of shape ({shape[0]}, n_groups), found {got}")
+    group = shape[1] // s.shape[1]
+    if group * s.shape[1] != shape[1] or group % 2:
+        raise ValueError(f"{source}: {key!r} has {s.shape[1]} groups, which do not split n_in={shape[1]} "
+                         "into groups of a whole even size")
+    bad = ~np.isfinite(s)
+    if bad.any():
+        r, g = map(int, np.argwhere(bad)[0])
+        raise ValueError(f"{source}: {key!r} holds {int(bad.sum())} non-finite scale(s), the first {s[r, g]} at [{r}, {g}]")
+    return s
+
+
 # ----------------------------------------------------------------------------- weights in use
 
 
 def dequantize(w: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:  # [n_out, n_in] any -> float32
-    """The float32 matrix a stored weight stands for (bf16 bits widened, int8 times its scale)."""
+    """The float32 matrix a stored weight stands for (bf16 bits widened, int8 times its scale,
+    int4 codes times their group's scale)."""
     if w.dtype == np.uint16:
         return (w.astype(np.uint32) << 16).view(np.float32)
     if w.dtype == np.int8:
         return w.astype(np.float32) * scale[:, None]
+    if w.dtype == np.uint8:
+        return ops.dequantize_int4(w, scale)
     return np.asarray(w, dtype=np.float32)
 
 
@@ -169,7 +200,8 @@ def dense(x: np.ndarray, weights: dict[str, np.ndarray], name: str, fast: bool, 
 
     The NumPy path (fast=False) is the definition: dequantize, then x·Wᵀ + b; for int8 weights
     with ``int8_activations`` (the default), x is quantized per row too and the 8-bit products are
-    summed exactly (``ops.linear_int8_rows``).  The fast path (``kernels.linear``) streams the
+    summed exactly (``ops.linear_int8_rows``); int4 weights always multiply rows quantized so
+    (``ops.linear_int4_rows``).  The fast path (``kernels.linear``) streams the
     stored weight through a Numba kernel for a few rows (decode) and multiplies panels from cache
     for many (prefill); it is tested against the definition.
     """
@@ -177,6 +209,8 @@ def dense(x: np.ndarray, weights: dict[str, np.ndarray], name: str, fast: bool, 
     b = weights.get(name + ".bias") if bias is None else weights[bias]
     scale = weights.get(name + ".weight.scale")
     if not fast:
+        if w.dtype == np.uint8:
+            return ops.linear_int4_rows(x, w, scale, b)
         if w.dtype == np.int8 and int8_activations:
             return ops.linear_int8_rows(x, w, scale, b)
         return ops.linear(x, dequantize(w, scale), b)
@@ -434,7 +468,9 @@ class Model:
     def __post_init__(self) -> None:
         self.weights = check_weights(self.config, self.weights, self.source or "weights")
         for name, w in self.weights.items():  # what the forward pass computes with
-            allowed = (np.float32, np.uint16, np.int8) if w.ndim == 2 else (np.float32,)
+            allowed = (np.float32, np.uint16, np.int8, np.uint8) if w.ndim == 2 else (np.float32,)
+            if name.endswith(".scale") and w.ndim == 2:  # (int4 scales, checked by check_weights)
+                continue
             if w.dtype not in allowed:
                 raise ValueError(f"{self.source or 'weights'}: weight {name!r} has dtype {w.dtype}; the model takes "
                                  f"{'/'.join(np.dtype(t).name for t in allowed)} (load() widens float16 and 1-D bf16)")

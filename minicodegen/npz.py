@@ -9,8 +9,9 @@ hub id into one self-contained ``.npz``::
     __tokenizer__/merges.txt            added_tokens.json, tokenizer.json (those present)
     transformer.wte.weight      weights under their checkpoint names:
     transformer.h.0.ln_1.weight   float32, float16, uint16 (= bfloat16 bit patterns), or int8
-    ...                           with a float32 ``<name>.scale`` [n_out] beside it
-    lm_head.bias
+    ...                           with a float32 ``<name>.scale`` [n_out] beside it, or uint8
+    lm_head.bias                  (int4: two 4-bit codes a byte, [n_out, n_in / 2]) with a float16
+                                  ``<name>.scale`` [n_out, n_in / 64] beside it (see quantize_int4)
 
 Members are stored uncompressed with their data 64-byte aligned, so ``read_npz`` maps the file
 and hands out arrays that are views of its pages: loading reads no weight until it is used.
@@ -35,7 +36,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .hub import download, is_hub_id, local_path, split_revision
+from .hub import BYTES_PER_WEIGHT, check_disk_space, download, is_hub_id, local_path, split_revision
 from .hubfiles import (
     WEIGHT_FILES,
     check_crc,
@@ -47,9 +48,11 @@ from .hubfiles import (
     read_tokenizer_files,
     read_weight_file,
 )
+from . import ops
 from .model import Config, config_from_dict, config_to_dict, dequantize
 
-DTYPES = ("float32", "float16", "bfloat16", "int8")
+DTYPES = ("float32", "float16", "bfloat16", "int8", "int4")
+INT4_GROUP = 64  # weights per int4 scale (tools/int4_layouts.py measured 32, 64 and 128)
 NPZ_FORMAT = "minicodegen.npz"
 NPZ_VERSION = 1
 ALIGN = 64  # bytes: where each .npz member's data starts
@@ -253,6 +256,10 @@ _META_NOTES = {
     "1-D (norms, biases) float32",
     "int8": "2-D weights int8 with a float32 <name>.scale [n_out]: W = q * scale[:, None] (symmetric, per output "
     "row; per token row for wte); 1-D (norms, biases) float32",
+    "int4": f"2-D weights as 4-bit codes q + 8 packed two to a byte (uint8 [n_out, n_in / 2]; in each group of "
+    f"{INT4_GROUP} weights along n_in, byte j holds weight j in its low nibble and weight j + {INT4_GROUP // 2} in its "
+    f"high nibble) with a float16 <name>.scale [n_out, n_in / {INT4_GROUP}]: W = q * scale of the group, q in -8..7; "
+    "1-D (norms, biases) float32",
 }
 
 
@@ -272,19 +279,60 @@ def to_bfloat16(w: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
     return out.reshape(np.shape(w))
 
 
-def quantize_int8(w: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def _rows_f32(w: np.ndarray, scale: np.ndarray | None, r: int, chunk: int) -> np.ndarray:
+    """Rows r .. r + chunk of the float32 matrix the stored ``w`` (and ``scale``) stand for."""
+    return dequantize(w[r : r + chunk], None if scale is None else scale[r : r + chunk])
+
+
+def quantize_int8(w: np.ndarray, chunk: int = 4096, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-row int8: (q int8 [n_out, n_in], scale float32 [n_out]), w ≈ q * scale[:, None].
 
-    scale = max|row| / 127 (0 for an all-zero row); done ``chunk`` rows at a time to bound memory.
+    scale = max|row| / 127 (0 for an all-zero row).  ``w`` is as stored (any dtype
+    ``model.dequantize`` reads, with ``scale``); done ``chunk`` rows at a time to bound memory.
     """
     q = np.empty(w.shape, np.int8)
-    scale = np.empty(w.shape[0], np.float32)
+    out = np.empty(w.shape[0], np.float32)
     for r in range(0, w.shape[0], chunk):
-        rows = np.asarray(w[r : r + chunk], dtype=np.float32)
+        rows = _rows_f32(w, scale, r, chunk)
         s = np.abs(rows).max(axis=1) / np.float32(127)
         q[r : r + chunk] = np.clip(np.rint(rows / np.where(s > 0, s, 1)[:, None]), -127, 127)
-        scale[r : r + chunk] = s
-    return q, scale
+        out[r : r + chunk] = s
+    return q, out
+
+
+def quantize_int4(w: np.ndarray, group: int = INT4_GROUP, chunk: int = 1024, name: str = "weight",
+                  scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Group-wise int4: (codes packed uint8 [n_out, n_in / 2], scale float16 [n_out, n_in / group]).
+
+    In each group the weight of largest magnitude m gets q = -8 exactly: scale = m / -8 (rounded
+    to float16 first), q = clip(rint(w / scale), -8, 7), so the other sign reaches 7/8 of |m|
+    (16 levels rather than 15; llama.cpp's q4_0 does the same).  Packed by ``ops.pack_int4``.
+    ``w`` is as stored (any dtype ``model.dequantize`` reads, with ``scale``); done ``chunk`` rows
+    at a time, so memory stays bounded whatever the size of ``w``.
+
+    >>> p, s = quantize_int4(np.array([[0.5, -1.0, 0.25, 0.0]], np.float32), group=4)
+    >>> s, ops.unpack_int4(p, 4)
+    (array([[0.125]], dtype=float16), array([[ 4, -8,  2,  0]], dtype=int8))
+    """
+    n_out, n_in = w.shape
+    if group <= 0 or group % 2 or n_in % group:
+        raise ValueError(f"{name}: an int4 group of {group} weights does not divide n_in={n_in} (or is odd)")
+    packed = np.empty((n_out, n_in // 2), np.uint8)
+    out = np.empty((n_out, n_in // group), np.float16)
+    for r in range(0, n_out, chunk):
+        g = _rows_f32(w, scale, r, chunk).reshape(-1, n_in // group, group)
+        if not np.isfinite(g).all():
+            raise ValueError(f"{name}: non-finite values in rows {r}..{r + len(g) - 1}; cannot quantize to int4")
+        m = np.take_along_axis(g, np.abs(g).argmax(axis=2)[..., None], axis=2)[..., 0]
+        with np.errstate(over="ignore"):
+            d = (m / np.float32(-8)).astype(np.float16)
+        if np.isinf(d).any():
+            raise ValueError(f"{name}: values beyond the float16 range of int4 scales (max |w| = {np.abs(g).max():.4g})")
+        d32 = d.astype(np.float32)[..., None]
+        q = np.clip(np.rint(g / np.where(d32 != 0, d32, np.float32(1))), -8, 7).astype(np.int8)
+        packed[r : r + chunk] = ops.pack_int4(q.reshape(len(g), n_in), group)
+        out[r : r + chunk] = d
+    return packed, out
 
 
 def encode(name: str, w: np.ndarray, dtype: str, scale: np.ndarray | None = None) -> list[tuple[str, np.ndarray]]:
@@ -294,8 +342,11 @@ def encode(name: str, w: np.ndarray, dtype: str, scale: np.ndarray | None = None
     """
     if w.ndim != 2 or dtype == "float32":
         return [(name, dequantize(w, scale))]
+    if dtype == "int4":
+        q, s = (w, scale) if w.dtype == np.uint8 else quantize_int4(w, name=name, scale=scale)
+        return [(name, q), (name + ".scale", s)]
     if dtype == "int8":
-        q, s = (w, scale) if w.dtype == np.int8 else quantize_int8(w)
+        q, s = (w, scale) if w.dtype == np.int8 else quantize_int8(w, scale=scale)
         return [(name, q), (name + ".scale", s)]
     if dtype == "bfloat16":
         if w.dtype == np.uint16:
@@ -339,18 +390,35 @@ def convert(
         raise FileExistsError(f"{out} already exists (pass --force / force=True to overwrite it)")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{out.parent}: no such directory for the output")
-    path = _local_source(src)
+    path = _local_source(src, (out, dtype))
     cfg, weights, tok = read_checkpoint(path)
     weights = checked_weights(cfg, weights, str(path))
+    check_disk_space([(out.parent, converted_size(weights, dtype), f"{path.name} converted to {dtype}")])
     meta = {"dtype": dtype, "note": _META_NOTES[dtype], "source": str(src)}
     return write_npz(out, cfg, _encoded(weights, dtype, log or (lambda _: None)), tok, meta, force)
 
 
-def _local_source(src: str | os.PathLike) -> Path:
-    """A local checkpoint directory or .npz for ``src`` (a hub id is downloaded, not converted)."""
+def converted_size(weights: dict[str, np.ndarray], dtype: str) -> int:
+    """About the bytes of the weights stored as ``dtype`` (1-D ones stay float32)."""
+    weights = {k: w for k, w in weights.items() if not k.endswith(".scale")}
+    n2 = sum(w.size * (2 if w.dtype == np.uint8 else 1) for w in weights.values() if w.ndim == 2)
+    return int(n2 * BYTES_PER_WEIGHT[dtype]) + sum(4 * w.size for w in weights.values() if w.ndim != 2)
+
+
+def convert_weights(weights: dict[str, np.ndarray], dtype: str, log: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
+    """The checked ``weights`` (as read, mapped from their files) stored as ``dtype`` in memory,
+    one tensor at a time: peak memory is the result plus about one tensor in float32."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return dict(_encoded(weights, dtype, log or (lambda _: None)))
+
+
+def _local_source(src: str | os.PathLike, output: tuple[Path, str] | None = None) -> Path:
+    """A local checkpoint directory or .npz for ``src`` (a hub id is downloaded, not converted;
+    ``output``, the file and dtype it is for, counts in the check of disk space)."""
     path = Path(src).expanduser()
     if path.exists() or not is_hub_id(str(src)):
         return local_path(path, str(src))
     repo, revision = split_revision(str(src))
-    return download(repo, revision)
+    return download(repo, revision, output)
 

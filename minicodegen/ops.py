@@ -82,6 +82,55 @@ def linear_int8_rows(x: np.ndarray, wq: np.ndarray, scale: np.ndarray, b: np.nda
     return y if b is None else y + b
 
 
+def unpack_int4(packed: np.ndarray, group: int) -> np.ndarray:  # uint8 [n_out, n_in / 2] -> int8 [n_out, n_in]
+    """The 4-bit codes of int4 weights as int8 values in -8..7.
+
+    Each group of ``group`` weights along a row is stored in ``group / 2`` bytes: byte j of the
+    group holds weight j in its low nibble and weight j + group / 2 in its high nibble, each as
+    q + 8 (0..15).  So a group's first half is the bytes' low nibbles, its second half their
+    high nibbles: one load, a shift and two masks give the group in order.
+
+    >>> unpack_int4(np.array([[0x80, 0x1F]], np.uint8), 4)
+    array([[-8,  7,  0, -7]], dtype=int8)
+    """
+    n_out, half = packed.shape
+    g = packed.reshape(n_out, -1, group // 2)
+    q = np.concatenate([g & 0x0F, g >> 4], axis=2).astype(np.int8) - np.int8(8)
+    return q.reshape(n_out, 2 * half)
+
+
+def pack_int4(q: np.ndarray, group: int) -> np.ndarray:  # int8 [n_out, n_in] in -8..7 -> uint8 [n_out, n_in / 2]
+    """The inverse of ``unpack_int4``."""
+    n_out, n_in = q.shape
+    u = (q.astype(np.int16) + 8).astype(np.uint8).reshape(n_out, -1, 2, group // 2)
+    return (u[:, :, 0] | (u[:, :, 1] << 4)).reshape(n_out, n_in // 2)
+
+
+def dequantize_int4(packed: np.ndarray, scale: np.ndarray) -> np.ndarray:  # uint8 [n_out, n_in / 2], float16 [n_out, n_groups] -> [n_out, n_in]
+    """W = q · scale of its group (group = n_in / n_groups), in float32."""
+    n_out, n_groups = scale.shape
+    group = 2 * packed.shape[1] // n_groups
+    q = unpack_int4(packed, group).reshape(n_out, n_groups, group)
+    return (q * scale.astype(np.float32)[:, :, None]).reshape(n_out, -1)
+
+
+def linear_int4_rows(x: np.ndarray, packed: np.ndarray, scale: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:  # [N, n_in], uint8 [n_out, n_in / 2], float16 [n_out, n_groups], [n_out] -> [N, n_out]
+    """y = sx · Σ_g float32(xq_g·q_gᵀ) · scale_g + b: x quantized per row (``quantize_rows``), each
+    group's products of integers summed exactly, then the groups' sums scaled and added in float32.
+
+    This is how int4 weights are multiplied (``kernels.int4``); the kernels add the groups in
+    another order, so they match this within float32 rounding, not bit for bit.
+    """
+    xq, sx = quantize_rows(x)
+    n_out, n_groups = scale.shape
+    group = 2 * packed.shape[1] // n_groups
+    q = unpack_int4(packed, group).reshape(n_out, n_groups, group).astype(np.int32)
+    xg = xq.astype(np.int32).reshape(len(xq), n_groups, group)
+    acc = np.einsum("tgi,ogi->tog", xg, q).astype(np.float32)  # exact integers per group
+    y = (acc * scale.astype(np.float32)[None]).sum(axis=2, dtype=np.float32) * sx[:, None]
+    return y if b is None else y + b
+
+
 def round_bf16(x: np.ndarray) -> np.ndarray:  # [...] float32 -> [...] float32
     """x rounded to the nearest bfloat16 (ties to even), as float32: the top 16 bits of each float.
 

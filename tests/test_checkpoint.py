@@ -621,7 +621,8 @@ def hub_handler(repos: dict[str, dict[str, bytes]], log: list[tuple[str, str]]) 
             elif m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
                 files = self.repo(m[1], m[2] or "main")
                 if files is not None:
-                    info = {"id": m[1], "modelId": m[1], "sha": SHA, "private": False, "siblings": [{"rfilename": n} for n in files]}
+                    info = {"id": m[1], "modelId": m[1], "sha": SHA, "private": False,
+                            "siblings": [{"rfilename": n, "size": len(b)} for n, b in files.items()]}
                     self.send(200, json.dumps(info).encode(), body, {"Content-Type": "application/json"})
             elif m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
                 files = self.repo(m[1], m[2])
@@ -718,16 +719,64 @@ def test_hub_convert_end_to_end(hub, checkpoints, tmp_path):
 def test_hub_id_loads_once_then_from_cache(hub, checkpoints, tmp_path, isolated_hub):
     endpoint, log = hub
     isolated_hub(endpoint)
-    m = ck.load_model("test-org/codegen-tiny-bin", fast=False)  # sharded torch files: index, then shards
+    m = ck.load_model("test-org/codegen-tiny-bin", fast=False, dtype="float32")  # sharded torch files: index, then shards
     assert np.array_equal(m.logits(IDS), logits(checkpoints["bin-sharded"][0]))
-    cached = tmp_path / "mc" / "test-org--codegen-tiny-bin.npz"
-    assert ck.resolve("test-org/codegen-tiny-bin") == cached and cached.is_file()
+    cached = tmp_path / "mc" / "test-org--codegen-tiny-bin-float32.npz"
+    assert ck.resolve("test-org/codegen-tiny-bin", "float32") == cached and cached.is_file()
     assert json.loads(np.load(cached)["__meta__"].tobytes())["source"] == "test-org/codegen-tiny-bin"
     shards = {p.rsplit("/", 1)[1] for m_, p in log if m_ == "GET" and "/resolve/" in p}
     assert {"pytorch_model-00001-of-00003.bin", "pytorch_model-00003-of-00003.bin"} <= shards
     n = len(log)
-    assert np.array_equal(ck.load_model("test-org/codegen-tiny-bin", fast=False).logits(IDS), m.logits(IDS))
+    assert np.array_equal(ck.load_model("test-org/codegen-tiny-bin", fast=False, dtype="float32").logits(IDS), m.logits(IDS))
     assert len(log) == n, "a cached hub id went to the network"
+
+
+def test_hub_ids_convert_once_per_dtype(hub, checkpoints, tmp_path, isolated_hub):
+    """No dtype: int8 (checkpoint.HUB_DTYPE); each dtype its own cached file, from one download."""
+    endpoint, log = hub
+    isolated_hub(endpoint)
+    m8 = ck.load_model("test-org/codegen-tiny", fast=False)
+    assert m8.weights["transformer.h.0.attn.qkv_proj.weight"].dtype == np.int8
+    m4 = ck.load_model("test-org/codegen-tiny", fast=False, dtype="int4")
+    assert m4.weights["transformer.h.0.attn.qkv_proj.weight"].dtype == np.uint8
+    for dt in ("int8", "int4"):
+        meta = json.loads(np.load(tmp_path / "mc" / f"test-org--codegen-tiny-{dt}.npz")["__meta__"].tobytes())
+        assert meta["dtype"] == dt and meta["source"] == "test-org/codegen-tiny"
+    fetched = [p for m_, p in log if m_ == "GET" and p.endswith("/model.safetensors")]
+    assert len(fetched) == 1, "the weights were downloaded twice"
+    want = logits(checkpoints["safetensors"][0])
+    for m, tol in ((m8, 0.05), (m4, 0.5)):  # (random weights: int8 and int4 move logits of about 1 by these)
+        assert np.abs(m.logits(IDS) - want).max() < tol
+    with pytest.raises(ValueError, match="dtype 'int3' is not one of"):
+        ck.load_model("test-org/codegen-tiny", dtype="int3")
+
+
+def test_no_disk_space_fails_before_the_download(hub, tmp_path, isolated_hub, monkeypatch):
+    """One line that says how much is needed, for what and where; no weights fetched, nothing written."""
+    from minicodegen import hub as hub_module
+
+    endpoint, log = hub
+    isolated_hub(endpoint)
+    free = {"bytes": 10_000}
+    monkeypatch.setattr(hub_module.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12, free["bytes"]))
+    with pytest.raises(hub_module.DiskSpaceError) as e:
+        ck.load_model("test-org/codegen-tiny", dtype="int4")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("not enough disk space: the download of test-org/codegen-tiny (")
+    assert "test-org/codegen-tiny converted to int4" in msg and "0.0 MB free" in msg and str(tmp_path / "mc") in msg
+    assert not [p for m_, p in log if p.endswith("model.safetensors")]
+    assert not list((tmp_path / "mc").glob("*.npz"))
+    free["bytes"] = 10**12  # then it goes through
+    assert ck.load_model("test-org/codegen-tiny", dtype="int4").config.n_layer > 0
+
+
+def test_convert_checks_the_space_of_its_output(checkpoints, tmp_path, monkeypatch):
+    from minicodegen import hub as hub_module
+
+    monkeypatch.setattr(hub_module.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12, 1000))
+    with pytest.raises(OSError, match=r"not enough disk space: .* converted to int4 \(.*\) in " + re.escape(str(tmp_path))):
+        npz.convert(checkpoints["safetensors"][0], tmp_path / "x.npz", "int4")
+    assert not list(tmp_path.glob("*x.npz*"))
 
 
 def test_hub_missing_repo_and_revision(hub, isolated_hub):
@@ -759,8 +808,8 @@ def test_unreachable_hub(tmp_path, isolated_hub):
 
 def test_resolve(tmp_path, monkeypatch):
     monkeypatch.setenv("MINICODEGEN_CACHE", str(tmp_path / "c"))
-    assert cache_path("Salesforce/codegen-350M-mono") == tmp_path / "c" / "Salesforce--codegen-350M-mono.npz"
-    assert cache_path("a/b", "v1.0") == tmp_path / "c" / "a--b@v1.0.npz"
+    assert cache_path("Salesforce/codegen-350M-mono") == tmp_path / "c" / "Salesforce--codegen-350M-mono-float32.npz"
+    assert cache_path("a/b", "v1.0", "int4") == tmp_path / "c" / "a--b@v1.0-int4.npz"
     assert is_hub_id("Salesforce/codegen-350M-mono") and is_hub_id("a/b@main")
     assert not is_hub_id("./x") and not is_hub_id("/abs/path") and not is_hub_id("a/b.npz")
     if ck.TINY.exists():

@@ -14,6 +14,7 @@ from kernel_helpers import gamma, ops, seeds, to_bf16, widen
 from minicodegen import kernels as K
 from minicodegen.kernels.arrays import _ro
 from minicodegen.kernels.decode import _gemv_sum_into
+from minicodegen.npz import quantize_int4
 
 
 @settings(max_examples=30, deadline=None)
@@ -67,11 +68,15 @@ def _random_layer(rng, E, n_inner, dtype):
         elif dtype == "int8":
             scale = np.abs(w[name]).max(axis=1) / 127
             w[name], w[name + ".scale"] = np.round(w[name] / scale[:, None]).astype(np.int8), scale.astype(np.float32)
+        elif dtype == "int4":  # (groups of 32: n_in a multiple of 32)
+            w[name], w[name + ".scale"] = quantize_int4(w[name], group=32)
     return w
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
-@pytest.mark.parametrize("E,H,rotary_dim,n_inner", [(64, 8, 4, 256), (96, 4, 24, 200), (40, 4, 10, 17)])
+@pytest.mark.parametrize("dtype,E,H,rotary_dim,n_inner", [
+    *((dt, *shape) for dt in ("float32", "bfloat16", "int8") for shape in ((64, 8, 4, 256), (96, 4, 24, 200), (40, 4, 10, 17))),
+    ("int4", 64, 8, 4, 256), ("int4", 96, 4, 24, 224),  # (int4: n_in a multiple of the group)
+])
 def test_decode_block_equals_the_numpy_block(dtype, E, H, rotary_dim, n_inner):
     from minicodegen import model as M
 
@@ -134,11 +139,13 @@ def test_decode_block_argument_checks():
                         [k.copy(), k[:, :2].copy()], 2, allowed)
 
 
-@pytest.mark.parametrize("dtype,int8_activations", [("float32", True), ("bfloat16", True), ("int8", True), ("int8", False)])
+@pytest.mark.parametrize("dtype,int8_activations", [("float32", True), ("bfloat16", True), ("int8", True), ("int8", False),
+                                                    ("int4", True)])
 def test_a_row_of_a_batch_decodes_as_it_would_alone(dtype, int8_activations):
     """decode_layers on B = 7 rows (groups of 4, 2 and 1 rows of the batch per row of W) gives each
     row, bit for bit, what B = 1 gives it: the sums run in the same order whatever the batch (and
-    the int8 path quantizes each row on its own and sums integers exactly)."""
+    the int8 path quantizes each row on its own and sums integers exactly; int4 adds its groups'
+    sums in the same lanes and order for every row)."""
     rng = np.random.default_rng(11)
     E, H, n_inner, B, S = 64, 4, 256, 7, 5
     layer = K.decode_weights(_random_layer(rng, E, n_inner, dtype), E, int8_activations)

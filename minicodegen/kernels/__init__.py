@@ -19,6 +19,8 @@ Modules, each importing only from those above it:
 * ``prefill``: ``x @ widen(W).T`` for a prompt with bf16 weights (and int8 with float32 activations).
 * ``integer``: int8 weights times int8 activations: rows quantized on the fly, integer dot
   products (vpdpbusd / vpmaddwd) for decode steps and the fused block.
+* ``int4``: int4 weights (4-bit codes in groups with float16 scales) times int8 activations:
+  the group dot product, the prompt kernel, and its steps for integer's decode kernels.
 * ``qgemm``: prompts on dot-product instructions (int8 panels for AVX512-VNNI, bf16 for
   AVX512-BF16) and ``linear_int8_rows``, the wrapper of the integer kernels.
 * ``gemv``: decode matrix-vector products and the public ``linear*`` functions.
@@ -97,7 +99,7 @@ from __future__ import annotations
 from .threads import get_threads, set_threads  # noqa: I001
 from .arrays import release_scratch
 from .gemv import (PREFETCH_BF16, PREFETCH_F32, PREFETCH_INT8, STREAM_MAX_T, linear, linear_bf16, linear_f16,
-                   linear_f32, linear_int8)
+                   linear_f32, linear_int4, linear_int8)
 from .attention import ATTEND_BLOCK_MIN_T, attend_cached
 from .elementwise import apply_rotary, gelu_new, layer_norm
 from .decode import decode_block, decode_layers, decode_weights
@@ -107,6 +109,7 @@ __all__ = [
     "linear",
     "linear_f32",
     "linear_bf16",
+    "linear_int4",
     "linear_int8",
     "linear_f16",
     "attend_cached",

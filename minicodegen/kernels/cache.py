@@ -44,15 +44,16 @@ import numba
 import numpy as np
 from numba import types
 
-from . import attention, decode, elementwise, gemv, integer, prefill, qgemm
+from . import attention, decode, elementwise, gemv, int4, integer, prefill, qgemm
 from .cpu import IsaType
 from .attention import ATTEND_BLOCK_MIN_T, attend_cached
 from .decode import decode_block
 from .elementwise import apply_rotary, gelu_new, layer_norm
-from .gemv import STREAM_MAX_T, linear_bf16, linear_f16, linear_f32, linear_int8
+from .gemv import STREAM_MAX_T, linear_bf16, linear_f16, linear_f32, linear_int4, linear_int8
 
 # Weight dtypes of a checkpoint (npz.DTYPES).
-DTYPES = ("float32", "bfloat16", "int8", "float16")
+DTYPES = ("float32", "bfloat16", "int8", "int4", "float16")
+INT4_GROUP = 64  # the group size of converted int4 files (npz.INT4_GROUP): the one warmed up
 
 _HERE = Path(__file__).resolve().parent
 _PY = f"py{sys.version_info[0]}{sys.version_info[1]}{getattr(sys, 'abiflags', '')}"  # as in Numba's file names
@@ -120,9 +121,12 @@ _N_OUT, _N_IN = 24, 16
 
 
 def _weights(dtype: str, n: int = _N_IN) -> np.ndarray:
-    """A [n, n] ([24, 16] by default) weight matrix stored as ``dtype`` (bfloat16: uint16 bits)."""
+    """A [n, n] ([24, 16] by default) weight matrix stored as ``dtype`` (bfloat16: uint16 bits;
+    int4: the packed codes, [n_out, n / 2])."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal((_N_OUT if n == _N_IN else n, n), dtype=np.float32)
+    if dtype == "int4":
+        return rng.integers(0, 256, (w.shape[0], n // 2), dtype=np.uint8)
     if dtype == "bfloat16":
         return (w.view(np.uint32) >> 16).astype(np.uint16)
     if dtype == "int8":
@@ -145,17 +149,25 @@ def _linear(dtype: str, T: int, int8_activations: bool = True, n: int = _N_IN, b
             linear_bf16(x[:, :-1], W[:, :-1], b)  # odd n_in path
         elif dtype == "int8":
             linear_int8(x, W, np.ones(W.shape[0], np.float32), b, int8_activations)
+        elif dtype == "int4":
+            linear_int4(x, W, _int4_scale(W), b)
         else:
             linear_f16(x, W, b)
 
 
+def _int4_scale(W: np.ndarray) -> np.ndarray:
+    """float16 scales of one group of INT4_GROUP weights for the int4 codes W."""
+    return np.ones((W.shape[0], 2 * W.shape[1] // INT4_GROUP), np.float16)
+
+
 def _block(dtype: str, int8_activations: bool = True) -> None:
-    """The fused decode block (E = 16, 4 heads, n_inner = 32) with weights of ``dtype``."""
-    E, H, n_inner = 16, 4, 32
+    """The fused decode block (E = 16, 4 heads, n_inner = 32; int4: E = 64, n_inner = 128) with
+    weights of ``dtype``."""
+    E, H, n_inner = (64, 4, 128) if dtype == "int4" else (16, 4, 32)
     w = _weights(dtype)
 
     def mat(n_out, n_in):
-        return np.ascontiguousarray(np.resize(w, (n_out, n_in)))
+        return np.ascontiguousarray(np.resize(w, (n_out, n_in // 2 if dtype == "int4" else n_in)))
 
     layer = {"ln_1.weight": np.ones(E, np.float32), "ln_1.bias": np.zeros(E, np.float32),
              "attn.qkv_proj.weight": mat(3 * E, E), "attn.out_proj.weight": mat(E, E),
@@ -163,6 +175,8 @@ def _block(dtype: str, int8_activations: bool = True) -> None:
              "mlp.fc_out.weight": mat(E, n_inner), "mlp.fc_out.bias": np.zeros(E, np.float32)}
     if w.dtype == np.int8:
         layer |= {n + ".scale": np.ones(layer[n].shape[0], np.float32) for n in list(layer) if layer[n].ndim == 2}
+    if w.dtype == np.uint8:
+        layer |= {n + ".scale": _int4_scale(layer[n]) for n in list(layer) if layer[n].ndim == 2}
     kv = np.zeros((1, H, 2, E // H), np.float32)
     decode_block(np.zeros((1, E), np.float32), layer, 1e-5, np.zeros((1, 2), np.float32), 2, H, kv, kv.copy(), 1,
                  np.ones((1, 1), bool), int8_activations=int8_activations)
@@ -202,6 +216,9 @@ _STEPS: dict[str, Callable[[], object]] = {  # step -> what it runs
     "linear int8 (decode)": lambda: _linear("int8", 1),
     "linear int8 (prompt)": lambda: (_linear("int8", STREAM_MAX_T + 1), _linear("int8", STREAM_MAX_T + 1, n=64)),
     "decode block int8": lambda: _block("int8"),
+    "linear int4 (decode)": lambda: _linear("int4", 1, n=2 * INT4_GROUP),
+    "linear int4 (prompt)": lambda: _linear("int4", STREAM_MAX_T + 1, n=2 * INT4_GROUP),
+    "decode block int4": lambda: _block("int4"),
     "linear int8, float activations (decode)": lambda: _linear("int8", 1, False),
     "linear int8, float activations (prompt)": lambda: _linear("int8", STREAM_MAX_T + 1, False),
     "decode block int8, float activations": lambda: _block("int8", False),
@@ -220,6 +237,7 @@ _BY_DTYPE = {
     "float32": ["linear float32", "decode block float32"],
     "bfloat16": ["linear bfloat16 (decode)", "linear bfloat16 (prompt)", "decode block bfloat16"],
     "int8": ["linear int8 (decode)", "linear int8 (prompt)", "decode block int8"],
+    "int4": ["linear int4 (decode)", "linear int4 (prompt)", "decode block int4"],
     "float16": ["linear float32", "decode block float32"],
 }
 
@@ -238,7 +256,7 @@ def _steps(dtypes: Sequence[str] | str | None) -> list[str]:
 
 def warmup(dtypes: Sequence[str] | str | None = None) -> list[tuple[str, float]]:
     """Compile, or load from the on-disk cache, every kernel that models with weights of
-    ``dtypes`` call ("float32", "bfloat16", "int8", "float16"; a single name is accepted too;
+    ``dtypes`` call ("float32", "bfloat16", "int8", "int4", "float16"; a single name is accepted too;
     None: every kernel, including linear_f16, which no model calls).
 
     Returns ``[(step, seconds), ...]`` in the order run: the steps are layer norm, gelu_new,
@@ -270,8 +288,8 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
 
     out1, out2, out3, out4 = (a(n, readonly=False) for n in (1, 2, 3, 4))
     mask = a(2, types.boolean)
-    W = {"float32": a(2), "bfloat16": a(2, types.uint16), "int8": a(2, types.int8)}
-    scale = {"float32": none, "bfloat16": none, "int8": a(1)}
+    W = {"float32": a(2), "bfloat16": a(2, types.uint16), "int8": a(2, types.int8), "int4": a(2, types.uint8)}
+    scale = {"float32": none, "bfloat16": none, "int8": a(1), "int4": a(2, types.uint16)}
     i8, i32 = IsaType(integer.INT8_ISA.name), types.int32
     vnni = integer.INT8_ISA.name == "avx512_vnni"  # (then prompts of n_in % 64 == 0 take _qgemm_vnni)
     quantize = (integer._quantize_rows, (a(2), a(2, types.int8, readonly=False), out1, a(1, i32, readonly=False)))
@@ -292,6 +310,13 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
     def integer_rows(kernel, *extra):  # int8 weights, x quantized per row, without and with a bias
         return [quantize] + [(kernel, (*xq_args, b, out2, *extra)) for b in (none, a(1))]
 
+    q4 = int4.Q4Type(integer.INT8_ISA.name, INT4_GROUP)
+    quantize4 = (int4._quantize_rows4, (a(2), a(2, types.int8, readonly=False), out1, a(2, i32, readonly=False)))
+
+    def int4_rows(kernel, *extra):  # int4 weights: x quantized per row, per-group sums
+        return [quantize4] + [(kernel, (a(2, types.int8), a(2, i32), a(1), W["int4"], scale["int4"], b, out2, *extra))
+                              for b in (none, a(1))]
+
     return {
         "layer norm": [(elementwise._layer_norm, (a(2), a(1), a(1), f64, out2))],
         "gelu_new": [(elementwise._gelu_new, (out1, out1))],
@@ -307,6 +332,9 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
         "linear int8 (decode)": integer_rows(integer._qgemv, i64, i8),
         "linear int8 (prompt)": integer_rows(qgemm._qgemm, i8) + (integer_rows(qgemm._qgemm_vnni, i8)[1:] if vnni else []),
         "decode block int8": fused("int8", i8),
+        "linear int4 (decode)": int4_rows(integer._qgemv, i64, q4),
+        "linear int4 (prompt)": int4_rows(int4._q4gemm, q4),
+        "decode block int4": fused("int4", q4),
         "linear int8, float activations (decode)": streamed("int8"),
         "linear int8, float activations (prompt)": packed("int8"),
         "decode block int8, float activations": fused("int8"),

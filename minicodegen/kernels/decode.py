@@ -15,12 +15,14 @@ one new token, float32 / bf16 / int8 weights; ``_gemv_sum_into`` against the flo
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from .arrays import _check_w, _prep_vec, _ro
 from .attention import _attend_query
 from .elementwise import _gelu_scalar, _layer_norm_row, _rotate
 from .gemv import PREFETCH_BF16, PREFETCH_F32, PREFETCH_INT8, _dot_rows, _gemv_step
+from .int4 import check_int4, q4_kind
 from .integer import INT8_ISA, _qgemv_pair, _qgemv_sum_into
 from .simd import _FM, _dot, _dot_operand
 
@@ -133,31 +135,52 @@ def _gemv_sum_into(x, a, W1, s1, hidden, W2, s2, b2, pf):  # pragma: no cover - 
                         _sum_out(x, t, k, u_all[t, k], s1, v_all[t, k], s2, b2)
 
 
+def _pair(x, W1, s1, y1, W2, s2, b2, y2, pf, isa):  # pragma: no cover - replaced by the overload when compiled
+    raise NotImplementedError
+
+
+def _sum_into(x, a, W1, s1, hidden, W2, s2, b2, pf, isa):  # pragma: no cover - replaced when compiled
+    raise NotImplementedError
+
+
+@overload(_pair)
+def _pair_for(x, W1, s1, y1, W2, s2, b2, y2, pf, isa):
+    """_gemv_pair (isa None: weights widened to float32) or integer._qgemv_pair (an Isa or a Q4),
+    chosen by type when the block compiles (a plain ``if isa is None`` would type both calls)."""
+    if isinstance(isa, types.NoneType):
+        return lambda x, W1, s1, y1, W2, s2, b2, y2, pf, isa: _gemv_pair(x, W1, s1, y1, W2, s2, b2, y2, pf)
+    return lambda x, W1, s1, y1, W2, s2, b2, y2, pf, isa: _qgemv_pair(x, W1, s1, y1, W2, s2, b2, y2, pf, isa)
+
+
+@overload(_sum_into)
+def _sum_into_for(x, a, W1, s1, hidden, W2, s2, b2, pf, isa):
+    """_gemv_sum_into or integer._qgemv_sum_into, as _pair."""
+    if isinstance(isa, types.NoneType):
+        return lambda x, a, W1, s1, hidden, W2, s2, b2, pf, isa: _gemv_sum_into(x, a, W1, s1, hidden, W2, s2, b2, pf)
+    return lambda x, a, W1, s1, hidden, W2, s2, b2, pf, isa: _qgemv_sum_into(
+        x, a, W1, s1, hidden, W2, s2, b2, np.empty_like(x), np.empty_like(x), pf, isa)
+
+
 @njit(error_model="numpy", cache=True)
 def _decode_block(x, ln_g, ln_b, eps, W_qkv, s_qkv, W_out, s_out, W_in, s_in, b_in, W_fo, s_fo, b_fo,
                   sincos, rotary_dim, n_head, mp_num, k_cache, v_cache, S, allowed, pf, isa):  # pragma: no cover - compiled
     """The fused block (see the section comment); x [B, E] is updated in place.  isa None: the
-    weights are widened to float32 in registers; an Isa (int8 weights): the inputs of the four
-    matrices are quantized per row and multiplied with integer dot products (integer.py)."""
+    weights are widened to float32 in registers; an Isa (int8 weights) or a Q4 (int4 weights):
+    the inputs of the four matrices are quantized per row and multiplied with integer dot
+    products (integer.py, int4.py)."""
     B, E = x.shape
     h = np.empty_like(x)
     for t in range(B):  # (a few rows: a parallel loop would cost more than it saves)
         _layer_norm_row(x[t], ln_g, ln_b, eps, h[t])
     qkv = np.empty((B, W_qkv.shape[0]), np.float32)
     hidden = np.empty((B, W_in.shape[0]), np.float32)
-    if isa is None:
-        _gemv_pair(h, W_qkv, s_qkv, qkv, W_in, s_in, b_in, hidden, pf)
-    else:
-        _qgemv_pair(h, W_qkv, s_qkv, qkv, W_in, s_in, b_in, hidden, pf, isa)
+    _pair(h, W_qkv, s_qkv, qkv, W_in, s_in, b_in, hidden, pf, isa)
     for t in range(B):  # gelu_new, one vectorized pass (a few thousand values)
         for i in range(hidden.shape[1]):
             hidden[t, i] = _gelu_scalar(hidden[t, i])
     a = np.empty((B, E), np.float32)
     _rope_attend_step(qkv, sincos, rotary_dim, n_head, mp_num, k_cache, v_cache, S, allowed, a)
-    if isa is None:
-        _gemv_sum_into(x, a, W_out, s_out, hidden, W_fo, s_fo, b_fo, pf)
-    else:
-        _qgemv_sum_into(x, a, W_out, s_out, hidden, W_fo, s_fo, b_fo, np.empty_like(x), np.empty_like(x), pf, isa)
+    _sum_into(x, a, W_out, s_out, hidden, W_fo, s_fo, b_fo, pf, isa)
 
 
 def _prefetch_bytes(dt: np.dtype) -> int:
@@ -169,16 +192,18 @@ def decode_weights(layer: dict[str, np.ndarray], E: int, int8_activations: bool 
     """The weights of one block, checked and in the order ``_decode_block`` takes them.
 
     ``layer`` maps the block's weight names without the ``transformer.h.{i}.`` prefix
-    (``ln_1.weight``, ``attn.qkv_proj.weight``, ... and ``*.weight.scale`` for int8) to
+    (``ln_1.weight``, ``attn.qkv_proj.weight``, ... and ``*.weight.scale`` for int8 and int4) to
     arrays.  int8 weights multiply 8-bit activations (``int8_activations``, the default) or
-    float32 ones.  The kernels do not check bounds, so every shape is checked here; model.forward
+    float32 ones; int4 weights (uint8) always 8-bit ones.  The kernels do not check bounds, so every shape is checked here; model.forward
     does this once per model and passes the result to decode_layers at every step.
     """
     dt = layer["attn.qkv_proj.weight"].dtype
-    if dt not in (np.float32, np.uint16, np.int8):
-        raise TypeError(f"decode_block takes float32, uint16 (bf16) or int8 weights, got {dt}")
+    if dt not in (np.float32, np.uint16, np.int8, np.uint8):
+        raise TypeError(f"decode_block takes float32, uint16 (bf16), int8 or uint8 (int4) weights, got {dt}")
     n_inner = layer["mlp.fc_in.weight"].shape[0]
     shapes = {"attn.qkv_proj": (3 * E, E), "attn.out_proj": (E, E), "mlp.fc_in": (n_inner, E), "mlp.fc_out": (E, n_inner)}
+    if dt == np.uint8:
+        return _int4_weights(layer, E, shapes)
     Ws, sc = [], []
     for name, shape in shapes.items():
         W = _check_w(layer[name + ".weight"], dt.type, name + ".weight")
@@ -193,6 +218,24 @@ def decode_weights(layer: dict[str, np.ndarray], E: int, int8_activations: bool 
             Ws[0], sc[0], Ws[1], sc[1], Ws[2], sc[2], _prep_vec(layer.get("mlp.fc_in.bias"), n_inner, "mlp.fc_in.bias"),
             Ws[3], sc[3], _prep_vec(layer.get("mlp.fc_out.bias"), E, "mlp.fc_out.bias"), _prefetch_bytes(dt),
             INT8_ISA if dt == np.int8 and int8_activations else None)
+
+
+def _int4_weights(layer: dict[str, np.ndarray], E: int, shapes: dict[str, tuple[int, int]]) -> tuple:
+    """decode_weights for int4 weights: every matrix uint8 [n_out, n_in / 2] with its float16
+    scale [n_out, n_in / group], one group size for all four."""
+    Ws, sc, groups = [], [], set()
+    for name, (n_out, n_in) in shapes.items():
+        W, S, group = check_int4(layer[name + ".weight"], layer.get(name + ".weight.scale"), name + ".weight")
+        if W.shape != (n_out, n_in // 2):
+            raise ValueError(f"{name}.weight has shape {W.shape}, expected {(n_out, n_in // 2)} (int4) for E={E}")
+        Ws.append(W)
+        sc.append(S)
+        groups.add(group)
+    if len(groups) > 1:
+        raise ValueError(f"the block's int4 weights have groups of {sorted(groups)} weights; decode takes one size")
+    return (_prep_vec(layer["ln_1.weight"], E, "ln_1.weight"), _prep_vec(layer["ln_1.bias"], E, "ln_1.bias"),
+            Ws[0], sc[0], Ws[1], sc[1], Ws[2], sc[2], _prep_vec(layer.get("mlp.fc_in.bias"), shapes["mlp.fc_in"][0], "mlp.fc_in.bias"),
+            Ws[3], sc[3], _prep_vec(layer.get("mlp.fc_out.bias"), E, "mlp.fc_out.bias"), PREFETCH_INT8, q4_kind(groups.pop()))
 
 
 def decode_layers(x: np.ndarray, layers: list[dict[str, np.ndarray] | tuple], eps: float, sincos: np.ndarray,

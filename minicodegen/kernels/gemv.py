@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from .arrays import _check_w, _prep_vec, _prep_x, _ro
+from .int4 import linear_int4 as _linear_int4
 from .qgemm import bf16_rows_apply, linear_bf16_rows, linear_int8_rows
 from .prefill import _prefill_linear
 from .simd import _dot, _dot_f16, _dot_operand, _prefetch
@@ -255,18 +256,28 @@ def _linear_narrow(x: np.ndarray, W: np.ndarray, scale: np.ndarray | None, b: np
     return y.reshape(*lead, n_out)
 
 
+def linear_int4(x: np.ndarray, W: np.ndarray, scale: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """``ops.linear_int4_rows`` for int4 weights (``W uint8 [n_out, n_in / 2]`` of packed codes,
+    ``scale float16 [n_out, n_groups]``): x quantized per row, integer dot products per group.
+    Up to STREAM_MAX_T rows W is streamed once; more go to the prompt kernel (``int4.py``)."""
+    return _linear_int4(x, W, scale, b, pf=PREFETCH_INT8, stream_max_t=STREAM_MAX_T)
+
+
 def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None,
            scale: np.ndarray | None = None, int8_activations: bool = True,
            bf16_activations: bool = False) -> np.ndarray:
     """Dispatch on the weight dtype: float32 -> linear_f32, uint16 (bf16 bits)
     -> linear_bf16 (with ``bf16_activations``), int8 (needs ``scale``) -> linear_int8 (with
-    ``int8_activations``), float16 -> linear_f16."""
+    ``int8_activations``), uint8 (int4 codes, needs ``scale``) -> linear_int4, float16 ->
+    linear_f16."""
     if W.dtype == np.float32:
         return linear_f32(x, W, b)
     if W.dtype == np.uint16:
         return linear_bf16(x, W, b, bf16_activations)
     if W.dtype == np.int8:
         return linear_int8(x, W, scale, b, int8_activations)
+    if W.dtype == np.uint8:
+        return linear_int4(x, W, scale, b)
     if W.dtype == np.float16:
         return linear_f16(x, W, b)
     raise TypeError(f"unsupported weight dtype {W.dtype}")
