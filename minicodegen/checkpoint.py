@@ -25,9 +25,8 @@ import numpy as np
 from .hub import cache_path, is_hub_id, local_path, split_revision
 from .hubfiles import checked_weights
 from .model import Model, dequantize
-from .npz import DTYPES, convert, convert_weights, read_checkpoint
+from .npz import DTYPES, TINY, convert, convert_weights, read_checkpoint
 
-TINY = Path(__file__).parent / "data" / "tiny.npz"
 
 
 # The dtype hub models are converted to unless one is asked for: the smallest whose validation

@@ -53,6 +53,7 @@ from .model import Config, config_from_dict, config_to_dict, dequantize
 
 DTYPES = ("float32", "float16", "bfloat16", "int8", "int4")
 INT4_GROUP = 64  # weights per int4 scale (tools/int4_layouts.py measured 32, 64 and 128)
+TINY = Path(__file__).parent / "data" / "tiny.npz"  # the demo model shipped in the package ("tiny")
 NPZ_FORMAT = "minicodegen.npz"
 NPZ_VERSION = 1
 ALIGN = 64  # bytes: where each .npz member's data starts
@@ -414,8 +415,11 @@ def convert_weights(weights: dict[str, np.ndarray], dtype: str, log: Callable[[s
 
 
 def _local_source(src: str | os.PathLike, output: tuple[Path, str] | None = None) -> Path:
-    """A local checkpoint directory or .npz for ``src`` (a hub id is downloaded, not converted;
-    ``output``, the file and dtype it is for, counts in the check of disk space)."""
+    """A local checkpoint directory or .npz for ``src`` ("tiny": the shipped demo model; a hub id is
+    downloaded, not converted; ``output``, the file and dtype it is for, counts in the check of
+    disk space)."""
+    if str(src) == "tiny":
+        return TINY
     path = Path(src).expanduser()
     if path.exists() or not is_hub_id(str(src)):
         return local_path(path, str(src))

@@ -84,8 +84,8 @@ SHAPES = {
     "2B": dict(n_embd=2560, n_layer=32, n_head=32, rotary_dim=64, vocab_size=51200),
     "smoke": dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, vocab_size=1024),
 }
-DTYPES = ("float32", "bfloat16", "int8")
-SHORT = {"float32": "fp32", "bfloat16": "bf16", "int8": "int8"}
+DTYPES = ("float32", "bfloat16", "int8", "int4")
+SHORT = {"float32": "fp32", "bfloat16": "bf16", "int8": "int8", "int4": "int4"}
 # the configurations measured, in the order of a round (reversed every other round):
 # transformers fp32 with torch's default OpenMP environment ("torch") and with sleeping workers
 # ("torch-passive"); minicodegen per dtype with the .npz read into memory ("float32", ...) and
@@ -109,7 +109,8 @@ CT2_CONFIGS = {
 }
 CT2_REF = "ct2-int8"  # the reference of the engines table
 # targets against transformers (350M, 2 threads): decode speed-up over transformers fp32, per weight dtype
-DECODE_TARGET = {"float32": 1.4, "bfloat16": 2.5, "int8": 4.0}
+DECODE_TARGET = {"float32": 1.4, "bfloat16": 2.5, "int8": 4.0, "int4": 6.4}  # (int4: 1.6x int8's)
+INT4_TARGET = 1.6  # int4 decode tok/s / int8 decode tok/s, at least
 PREFILL_TARGET = 1.0  # minicodegen prefill time / transformers prefill time, at most
 RSS_TARGET = 1.3  # peak RSS while decoding / bytes of the weights in use, at most
 
@@ -198,7 +199,7 @@ def _batch_runs(run_batch, a: dict) -> dict:
 
 
 def w_build(a: dict) -> None:
-    """Random-weight checkpoint with transformers, then the three .npz conversions."""
+    """Random-weight checkpoint with transformers, then the .npz conversions (one per DTYPES)."""
     import torch
     from transformers import CodeGenConfig, CodeGenForCausalLM
 
@@ -217,6 +218,15 @@ def w_build(a: dict) -> None:
     for dt in DTYPES:
         convert(hf_dir, work / f"{dt}.npz", dtype=dt, force=True)
     result({"build_s": t_build, "convert_s": time.perf_counter() - t0})
+
+
+def w_convert(a: dict) -> None:
+    """One more .npz conversion of the float32 one."""
+    from minicodegen.npz import convert
+
+    work = Path(a["work"])
+    convert(work / "float32.npz", work / f"{a['dtype']}.npz", dtype=a["dtype"], force=True)
+    result({})
 
 
 def w_compile(a: dict) -> None:
@@ -629,7 +639,7 @@ def w_agree(a: dict) -> None:
     result(out)
 
 
-WORKERS = {"build": w_build, "compile": w_compile, "memrate": w_memrate, "mcg": w_mcg, "hf": w_hf,
+WORKERS = {"build": w_build, "convert": w_convert, "compile": w_compile, "memrate": w_memrate, "mcg": w_mcg, "hf": w_hf,
            "ct2convert": w_ct2convert, "ct2": w_ct2, "agree": w_agree}
 
 
@@ -784,6 +794,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"checkpoint: built in {r['build_s']:.1f} s, converted to fp32/bf16/int8 in {r['convert_s']:.1f} s ({work})")
     else:
         print(f"checkpoint: reusing {work} (--rebuild to rebuild)")
+    for dt in DTYPES:  # (a dtype added since the checkpoint was built)
+        if not (work / f"{dt}.npz").exists():
+            run_worker("convert", {"work": str(work), "dtype": dt}, th)
+            print(f"checkpoint: converted to {dt} ({work / f'{dt}.npz'})")
     sizes_on_disk = {dt: (work / f"{dt}.npz").stat().st_size for dt in DTYPES}
     if has_ct2:
         todo = [c["dtype"] for c in CT2_CONFIGS.values() if not (work / f"ct2-{c['dtype']}" / "model.bin").exists()]
@@ -1036,7 +1050,7 @@ def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch, 
           f"{', '.join(f'{g:.1f}' for g in mr['all'])}; Numba parallel row sums over "
           f"{mr['bytes'] / 1e9:.0f} GB, {th} threads), so at most "
           + " / ".join(f"{rate / res[dt]['read_per_token']:.1f}" for dt in DTYPES)
-          + " tok/s for fp32 / bf16 / int8.")
+          + " tok/s for " + " / ".join(SHORT[dt] for dt in DTYPES) + ".")
     print(f"\nAccuracy against fp32 weights (greedy, {N} tokens): "
           + "; ".join(f"{SHORT.get(dt, 'int8 with float32 activations')} identical prefix {ag[dt]['prefix']}/{N}, "
                       f"teacher-forced argmax agreement {100 * ag[dt]['teacher_forced'] / N:.1f}%, max |Δlogits| "
@@ -1120,6 +1134,11 @@ def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch, 
             ok = x >= goal if higher else x <= goal
             miss = (1 - x / goal) if higher else (x / goal - 1)
             print(f"  {what}: {x:.2f}× {'met' if ok else f'MISSED by {100 * miss:.0f}%'}")
+
+    if shape != "smoke":
+        x = res["int4"]["decode_tps"] / res["int8"]["decode_tps"]
+        print(f"\nTarget int4 decode ≥ {INT4_TARGET}× minicodegen int8's tok/s (same run): {x:.2f}× "
+              f"{'met' if x >= INT4_TARGET else f'MISSED by {100 * (1 - x / INT4_TARGET):.0f}%'}")
 
     if t and shape != "smoke":
         print(f"\nTargets against transformers (minicodegen with the .npz in memory, mapped in parentheses; reference: "

@@ -332,7 +332,7 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
         "linear int8 (decode)": integer_rows(integer._qgemv, i64, i8),
         "linear int8 (prompt)": integer_rows(qgemm._qgemm, i8) + (integer_rows(qgemm._qgemm_vnni, i8)[1:] if vnni else []),
         "decode block int8": fused("int8", i8),
-        "linear int4 (decode)": int4_rows(integer._qgemv, i64, q4),
+        "linear int4 (decode)": int4_rows(int4._q4gemv, i64, q4),
         "linear int4 (prompt)": int4_rows(int4._q4gemm, q4),
         "decode block int4": fused("int4", q4),
         "linear int8, float activations (decode)": streamed("int8"),

@@ -21,8 +21,8 @@ from numba.extending import overload
 from .arrays import _check_w, _prep_vec, _ro
 from .attention import _attend_query
 from .elementwise import _gelu_scalar, _layer_norm_row, _rotate
-from .gemv import PREFETCH_BF16, PREFETCH_F32, PREFETCH_INT8, _dot_rows, _gemv_step
-from .int4 import check_int4, q4_kind
+from .gemv import PREFETCH_BF16, PREFETCH_F32, PREFETCH_INT4, PREFETCH_INT8, _dot_rows, _gemv_step
+from .int4 import Q4Type, _q4gemv_pair, _q4gemv_sum_into, check_int4, q4_kind
 from .integer import INT8_ISA, _qgemv_pair, _qgemv_sum_into
 from .simd import _FM, _dot, _dot_operand
 
@@ -145,18 +145,24 @@ def _sum_into(x, a, W1, s1, hidden, W2, s2, b2, pf, isa):  # pragma: no cover - 
 
 @overload(_pair)
 def _pair_for(x, W1, s1, y1, W2, s2, b2, y2, pf, isa):
-    """_gemv_pair (isa None: weights widened to float32) or integer._qgemv_pair (an Isa or a Q4),
-    chosen by type when the block compiles (a plain ``if isa is None`` would type both calls)."""
+    """_gemv_pair (isa None: weights widened to float32), integer._qgemv_pair (an Isa: int8
+    weights) or int4._q4gemv_pair (a Q4), chosen by type when the block compiles (a plain
+    ``if isa is None`` would type every call)."""
     if isinstance(isa, types.NoneType):
         return lambda x, W1, s1, y1, W2, s2, b2, y2, pf, isa: _gemv_pair(x, W1, s1, y1, W2, s2, b2, y2, pf)
+    if isinstance(isa, Q4Type):
+        return lambda x, W1, s1, y1, W2, s2, b2, y2, pf, isa: _q4gemv_pair(x, W1, s1, y1, W2, s2, b2, y2, pf, isa)
     return lambda x, W1, s1, y1, W2, s2, b2, y2, pf, isa: _qgemv_pair(x, W1, s1, y1, W2, s2, b2, y2, pf, isa)
 
 
 @overload(_sum_into)
 def _sum_into_for(x, a, W1, s1, hidden, W2, s2, b2, pf, isa):
-    """_gemv_sum_into or integer._qgemv_sum_into, as _pair."""
+    """_gemv_sum_into, integer._qgemv_sum_into or int4._q4gemv_sum_into, as _pair."""
     if isinstance(isa, types.NoneType):
         return lambda x, a, W1, s1, hidden, W2, s2, b2, pf, isa: _gemv_sum_into(x, a, W1, s1, hidden, W2, s2, b2, pf)
+    if isinstance(isa, Q4Type):
+        return lambda x, a, W1, s1, hidden, W2, s2, b2, pf, isa: _q4gemv_sum_into(
+            x, a, W1, s1, hidden, W2, s2, b2, np.empty_like(x), np.empty_like(x), pf, isa)
     return lambda x, a, W1, s1, hidden, W2, s2, b2, pf, isa: _qgemv_sum_into(
         x, a, W1, s1, hidden, W2, s2, b2, np.empty_like(x), np.empty_like(x), pf, isa)
 
@@ -235,7 +241,7 @@ def _int4_weights(layer: dict[str, np.ndarray], E: int, shapes: dict[str, tuple[
         raise ValueError(f"the block's int4 weights have groups of {sorted(groups)} weights; decode takes one size")
     return (_prep_vec(layer["ln_1.weight"], E, "ln_1.weight"), _prep_vec(layer["ln_1.bias"], E, "ln_1.bias"),
             Ws[0], sc[0], Ws[1], sc[1], Ws[2], sc[2], _prep_vec(layer.get("mlp.fc_in.bias"), shapes["mlp.fc_in"][0], "mlp.fc_in.bias"),
-            Ws[3], sc[3], _prep_vec(layer.get("mlp.fc_out.bias"), E, "mlp.fc_out.bias"), PREFETCH_INT8, q4_kind(groups.pop()))
+            Ws[3], sc[3], _prep_vec(layer.get("mlp.fc_out.bias"), E, "mlp.fc_out.bias"), PREFETCH_INT4, q4_kind(groups.pop()))
 
 
 def decode_layers(x: np.ndarray, layers: list[dict[str, np.ndarray] | tuple], eps: float, sincos: np.ndarray,

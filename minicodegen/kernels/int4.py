@@ -21,9 +21,8 @@ end on Σ q · xq exactly; they are converted to float32 and added into float32 
 group's scale.  Nothing is precomputed per weight and nothing is stored besides the file.
 
 Kernels: ``_i4dot``, ``_quantize_rows4`` (xq, sx and the per-group compensations), ``_q4gemm``
-(prompts: panels of 16 rows of W, blocks of 4 rows of x).  Decode and the fused decode block use
-integer.py's ``_qgemv``, ``_qgemv_pair`` and ``_qgemv_sum_into``, which call this module's
-implementations of ``_quantize_for`` and ``_step`` when given a ``Q4``.
+(prompts: panels of 16 rows of W, blocks of 4 rows of x), ``_q4gemv`` (decode) and the fused
+decode block's ``_q4gemv_pair`` / ``_q4gemv_sum_into`` (integer.py's int8 kernels, step for step).
 
 Tested against (tests/test_kernels_int4.py): ``ops.linear_int4_rows`` for every instruction set
 the CPU runs, every group size, T = 1 .. 37 and odd n_out.
@@ -35,11 +34,11 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import NativeValue, intrinsic, models, overload, register_model, typeof_impl, unbox
+from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
 from .arrays import _check_w, _prep_vec, _prep_x, _ro, _tile_buffer
 from .cpu import INT8_DOTS
-from .integer import INT8_ISA, _qgemv, _quantize_for, _quantize_row, _step
+from .integer import INT8_ISA, _quantize_row
 
 GROUPS = (32, 64, 128, 256)  # group sizes the kernels take (the definition takes any even size)
 
@@ -267,7 +266,7 @@ def _out4(acc, t, j, sx, b, y):  # pragma: no cover - compiled
 
 
 # ---------------------------------------------------------------------------
-# Decode: integer.py's kernels with these two steps (four rows of W a quarter of W apart).
+# Decode: as integer.py's kernels, four rows of W a quarter of W apart a step.
 # ---------------------------------------------------------------------------
 
 
@@ -312,19 +311,41 @@ def _quantize_few4(x, G):  # pragma: no cover - compiled
     return xq, sx, comp
 
 
-@overload(_quantize_for)
-def _quantize_for_int4(x, kind):
-    if isinstance(kind, Q4Type):
-        G = kind.group
-        return lambda x, kind: _quantize_few4(x, G)
-    return None
+@njit(parallel=True, error_model="numpy", cache=True)
+def _q4gemv(xq, comp, sx, W, S, b, y, pf, kind):  # pragma: no cover - compiled
+    """y = ops.linear_int4_rows for a few rows of xq (quantized), W streamed once."""
+    h = (W.shape[0] + 3) // 4
+    for j in prange(h):
+        _q4gemv_step(xq, comp, sx, W, j, h, S, b, y, pf, kind)
 
 
-@overload(_step)
-def _step_int4(xq, aux, sx, W, j, h, scale, b, y, pf, kind):
-    if isinstance(kind, Q4Type):
-        return lambda xq, aux, sx, W, j, h, scale, b, y, pf, kind: _q4gemv_step(xq, aux, sx, W, j, h, scale, b, y, pf, kind)
-    return None
+@njit(parallel=True, error_model="numpy", cache=True)
+def _q4gemv_pair(x, W1, s1, y1, W2, s2, b2, y2, pf, kind):  # pragma: no cover - compiled
+    """integer._qgemv_pair for int4 weights: y1 = x @ W1.T, y2 = x @ W2.T + b2 (s1, s2 the
+    weights' group scales), x [B, n_in] float32 quantized per row first."""
+    xq, sx, comp = _quantize_few4(x, x.shape[1] // s1.shape[1])
+    h1 = (W1.shape[0] + 3) // 4
+    h2 = (W2.shape[0] + 3) // 4
+    for j in prange(h1 + h2):
+        if j < h1:
+            _q4gemv_step(xq, comp, sx, W1, j, h1, s1, None, y1, pf, kind)
+        else:
+            _q4gemv_step(xq, comp, sx, W2, j - h1, h2, s2, b2, y2, pf, kind)
+
+
+@njit(parallel=True, error_model="numpy", cache=True)
+def _q4gemv_sum_into(x, a, W1, s1, hidden, W2, s2, b2, u, v, pf, kind):  # pragma: no cover - compiled
+    """integer._qgemv_sum_into for int4 weights: x += a @ W1.T + (hidden @ W2.T + b2)."""
+    aq, sa, ac = _quantize_few4(a, a.shape[1] // s1.shape[1])
+    hq, sh, hc = _quantize_few4(hidden, hidden.shape[1] // s2.shape[1])
+    E = W1.shape[0]
+    h = (E + 3) // 4
+    for j in prange(h):
+        _q4gemv_step(aq, ac, sa, W1, j, h, s1, None, u, pf, kind)
+        _q4gemv_step(hq, hc, sh, W2, j, h, s2, b2, v, pf, kind)
+    for t in range(x.shape[0]):
+        for j in range(E):
+            x[t, j] = x[t, j] + (u[t, j] + v[t, j])
 
 
 # ---------------------------------------------------------------------------
@@ -401,7 +422,7 @@ def linear_int4(x: np.ndarray, W: np.ndarray, scale: np.ndarray, b: np.ndarray |
     _quantize_rows4(_ro(x2), xq, sx, comp)
     y = np.empty((T, n_out), np.float32)
     if T <= stream_max_t:
-        _qgemv(_ro(xq), _ro(comp), _ro(sx), W, S, b, y, pf, kind)
+        _q4gemv(_ro(xq), _ro(comp), _ro(sx), W, S, b, y, pf, kind)
     else:
         _q4gemm(_ro(xq), _ro(comp), _ro(sx), W, S, b, y, kind)
     return y.reshape(*lead, n_out)

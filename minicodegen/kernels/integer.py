@@ -22,7 +22,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 from .cpu import Isa, IsaType, int8_dot
 from .simd import _bits_as_f32
@@ -256,44 +256,12 @@ def _qgemv_step(xq, xsum, sx, W, j, h, scale, b, y, pf, isa):  # pragma: no cove
                          t, j + r * h, sx, scale, b, y)
 
 
-# ---------------------------------------------------------------------------
-# The decode kernels below serve int8 weights (isa an Isa) and the int4 weights of int4.py (isa
-# an int4.Q4, for which int4.py adds implementations of these two functions): the rows of x are
-# quantized (``_quantize_for``: xq, sx and what the dot products need besides, for int8 the row
-# sums of xq) and four rows of W are taken a step (``_step``).  Which implementation is chosen
-# by the type of isa when a kernel compiles.
-# ---------------------------------------------------------------------------
-
-
-def _quantize_for(x, isa):  # pragma: no cover - replaced by an overload when compiled
-    raise NotImplementedError
-
-
-def _step(xq, aux, sx, W, j, h, scale, b, y, pf, isa):  # pragma: no cover - replaced when compiled
-    raise NotImplementedError
-
-
-@overload(_quantize_for)
-def _quantize_for_int8(x, isa):
-    if isinstance(isa, IsaType):
-        return lambda x, isa: _quantize_few(x)
-    return None
-
-
-@overload(_step)
-def _step_int8(xq, aux, sx, W, j, h, scale, b, y, pf, isa):
-    if isinstance(isa, IsaType):
-        return lambda xq, aux, sx, W, j, h, scale, b, y, pf, isa: _qgemv_step(xq, aux, sx, W, j, h, scale, b, y, pf, isa)
-    return None
-
-
 @njit(parallel=True, error_model="numpy", cache=True)
 def _qgemv(xq, xsum, sx, W, scale, b, y, pf, isa):  # pragma: no cover - compiled
-    """y = (xq @ W.T) * (sx[:, None] * scale) [+ b] for a few rows of xq, W streamed once (int4
-    weights: xsum holds their compensations, scale their group scales; see int4.py)."""
+    """y = (xq @ W.T) * (sx[:, None] * scale) [+ b] for a few rows of xq, W streamed once."""
     h = (W.shape[0] + 3) // 4
     for j in prange(h):
-        _step(xq, xsum, sx, W, j, h, scale, b, y, pf, isa)
+        _qgemv_step(xq, xsum, sx, W, j, h, scale, b, y, pf, isa)
 
 
 @njit(inline="always")
@@ -312,27 +280,27 @@ def _quantize_few(x):  # pragma: no cover - compiled
 def _qgemv_pair(x, W1, s1, y1, W2, s2, b2, y2, pf, isa):  # pragma: no cover - compiled
     """decode._gemv_pair with int8 activations: y1 = x @ W1.T * s1, y2 = x @ W2.T * s2 + b2,
     x [B, n_in] float32 quantized per row first (one parallel loop over both matrices' rows)."""
-    xq, sx, aux = _quantize_for(x, isa)
+    xq, sx, xsum = _quantize_few(x)
     h1 = (W1.shape[0] + 3) // 4
     h2 = (W2.shape[0] + 3) // 4
     for j in prange(h1 + h2):
         if j < h1:
-            _step(xq, aux, sx, W1, j, h1, s1, None, y1, pf, isa)
+            _qgemv_step(xq, xsum, sx, W1, j, h1, s1, None, y1, pf, isa)
         else:
-            _step(xq, aux, sx, W2, j - h1, h2, s2, b2, y2, pf, isa)
+            _qgemv_step(xq, xsum, sx, W2, j - h1, h2, s2, b2, y2, pf, isa)
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
 def _qgemv_sum_into(x, a, W1, s1, hidden, W2, s2, b2, u, v, pf, isa):  # pragma: no cover - compiled
     """decode._gemv_sum_into with int8 activations: x += a @ W1.T * s1 + (hidden @ W2.T * s2 + b2),
     a and hidden quantized per row first; u, v [B, E] float32 scratch for the two products."""
-    aq, sa, asum = _quantize_for(a, isa)
-    hq, sh, hsum = _quantize_for(hidden, isa)
+    aq, sa, asum = _quantize_few(a)
+    hq, sh, hsum = _quantize_few(hidden)
     E = W1.shape[0]
     h = (E + 3) // 4
     for j in prange(h):  # (rows j.. of both matrices in one step, so that the threads' shares cost the same)
-        _step(aq, asum, sa, W1, j, h, s1, None, u, pf, isa)
-        _step(hq, hsum, sh, W2, j, h, s2, b2, v, pf, isa)
+        _qgemv_step(aq, asum, sa, W1, j, h, s1, None, u, pf, isa)
+        _qgemv_step(hq, hsum, sh, W2, j, h, s2, b2, v, pf, isa)
     for t in range(x.shape[0]):
         for j in range(E):
             x[t, j] = x[t, j] + (u[t, j] + v[t, j])
