@@ -391,6 +391,37 @@ def test_int8_accuracy(checkpoints, tmp_path, capsys):
     assert argmax_agree > 0.9
 
 
+@pytest.mark.parametrize("dtype,tol", [("int8", 0.05), ("int4", 0.5)])
+def test_bf16_and_fp16_checkpoints_quantize_from_their_values(checkpoints, tmp_path, dtype, tol):
+    """bf16 weights are read as uint16 bit patterns: quantizing must widen them first (and fp16
+    ones), chunk by chunk, not take the bits for numbers."""
+    for variant in ("safetensors-bf16", "bin-fp16"):
+        d, ref = checkpoints[variant]
+        got = ck.load_model(npz.convert(d, tmp_path / f"{variant}-{dtype}.npz", dtype=dtype), fast=False).logits(IDS)
+        assert np.abs(got - ref).max() < tol * np.abs(ref).max(), variant
+        in_memory = ck.load_model(d, fast=False, dtype=dtype).logits(IDS)  # the same, converted as it loads
+        np.testing.assert_array_equal(in_memory, got)
+
+
+def test_zip64_records_are_read(checkpoints, tmp_path):
+    """A torch .bin over 4 GiB has ZIP64 records (torch writes them past the limit): here every
+    member of a small file is rewritten with them, and the weights read back the same."""
+    src = checkpoints["bin-fp16"][0]
+    dst = tmp_path / "zip64"
+    shutil.copytree(src, dst)
+    with zipfile.ZipFile(src / "pytorch_model.bin") as zin, zipfile.ZipFile(dst / "pytorch_model.bin", "w") as zout:
+        for info in zin.infolist():
+            with zout.open(zipfile.ZipInfo(info.filename, info.date_time), "w", force_zip64=True) as w:
+                w.write(zin.read(info))
+    with zipfile.ZipFile(dst / "pytorch_model.bin") as z:
+        n = len(z.infolist())
+    raw = (dst / "pytorch_model.bin").read_bytes()
+    assert raw.count(b"\x01\x00\x10\x00") >= n  # a ZIP64 extra field (id 1, 16 bytes) in every local header
+    a, b = hubfiles.read_weight_file(src / "pytorch_model.bin"), hubfiles.read_weight_file(dst / "pytorch_model.bin")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert np.array_equal(logits(dst), logits(src))
+
+
 # ----------------------------------------------------------------------------- hostile and damaged files
 
 

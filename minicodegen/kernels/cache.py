@@ -237,7 +237,7 @@ _BY_DTYPE = {
     "float32": ["linear float32", "decode block float32"],
     "bfloat16": ["linear bfloat16 (decode)", "linear bfloat16 (prompt)", "decode block bfloat16"],
     "int8": ["linear int8 (decode)", "linear int8 (prompt)", "decode block int8"],
-    "int4": ["linear int4 (decode)", "linear int4 (prompt)", "decode block int4"],
+    "int4": ["linear int4 (decode)", "linear int4 (prompt)", "decode block int4", "linear int8 (decode)"],  # (head: int8)
     "float16": ["linear float32", "decode block float32"],
 }
 
@@ -354,8 +354,8 @@ def _model_signatures(dtype: str, prompt_tokens: int) -> list[tuple[Callable, tu
     nothing in the next one."""
     sig = _step_signatures()
     dt = "float32" if dtype == "float16" else dtype  # float16 checkpoints are widened at load
-    prefix = "linear float32" if dt == "float32" else f"linear {dt} (decode)"
-    out = sig["layer norm"] + sig[f"decode block {dt}"] + sig[prefix]  # ln_f, the blocks, lm_head
+    head = "linear float32" if dt == "float32" else f"linear {'int8' if dt == 'int4' else dt} (decode)"  # (int4 files: int8 head)
+    out = sig["layer norm"] + sig[f"decode block {dt}"] + sig[head]  # ln_f, the blocks, lm_head
     T = prompt_tokens
     if T > 1:  # the prompt, block by block (boolean mask, no additive bias)
         out += sig["gelu_new"] + sig["rotary"][:1]
