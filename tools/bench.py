@@ -812,12 +812,19 @@ def main(argv: list[str] | None = None) -> None:
             print(f"CTranslate2: reusing {', '.join(str(work / k) for k in CT2_CONFIGS)}")
 
     # 2. compile time ----------------------------------------------------------------
-    with tempfile.TemporaryDirectory(prefix="numba-cache-") as d:
-        c1 = run_worker("compile", {"threads": th}, th, {"NUMBA_CACHE_DIR": d})
-        c2 = run_worker("compile", {"threads": th}, th, {"NUMBA_CACHE_DIR": d})
-    print(f"kernels.warmup(): first run (empty cache, compiles) {c1['warmup_s']:.1f} s; "
-          f"later runs (on-disk cache) {c2['warmup_s']:.2f} s; import minicodegen.kernels {c2['import_s']:.2f} s")
-    run_worker("compile", {"threads": th}, th)  # the default cache too: the runs below only load kernels
+    if args.smoke:  # (compiling every kernel into an empty cache takes minutes: not for a smoke run)
+        c1 = None
+        run_worker("compile", {"threads": th}, th)
+        c2 = run_worker("compile", {"threads": th}, th)
+        print(f"kernels.warmup(): first run not measured (--smoke); later runs (on-disk cache) {c2['warmup_s']:.2f} s; "
+              f"import minicodegen.kernels {c2['import_s']:.2f} s")
+    else:
+        with tempfile.TemporaryDirectory(prefix="numba-cache-") as d:
+            c1 = run_worker("compile", {"threads": th}, th, {"NUMBA_CACHE_DIR": d})
+            c2 = run_worker("compile", {"threads": th}, th, {"NUMBA_CACHE_DIR": d})
+        print(f"kernels.warmup(): first run (empty cache, compiles) {c1['warmup_s']:.1f} s; "
+              f"later runs (on-disk cache) {c2['warmup_s']:.2f} s; import minicodegen.kernels {c2['import_s']:.2f} s")
+        run_worker("compile", {"threads": th}, th)  # the default cache too: the runs below only load kernels
 
     # 3-4. memory read rate and speed, one subprocess per configuration, in rounds ------------
     # The machine is shared: load from other processes comes and goes.  So the runs of each
@@ -1059,8 +1066,8 @@ def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch, 
           f"understate agreement on a trained model). fp32 with the kernels vs the NumPy definition: "
           f"{ag['fp32_fast_vs_numpy']:.1g}"
           + (f"; vs transformers: {ag['fp32_vs_transformers']:.1g}." if "fp32_vs_transformers" in ag else "."))
-    print(f"\nFirst run: `kernels.warmup()` compiles the kernels in {c1['warmup_s']:.0f} s (once per machine, "
-          f"cached on disk); later runs load them in {c2['warmup_s']:.1f} s. Checkpoint sizes: "
+    first = f"compiles the kernels in {c1['warmup_s']:.0f} s (once per machine, cached on disk)" if c1 else "(not measured)"
+    print(f"\nFirst run: `kernels.warmup()` {first}; later runs load them in {c2['warmup_s']:.1f} s. Checkpoint sizes: "
           + ", ".join(f"{SHORT[dt]} {mib(disk[dt])} MiB" for dt in DTYPES) + ".")
     if ct2:
         print("\nCTranslate2: the same checkpoint converted by `ctranslate2.converters.TransformersConverter` with "
@@ -1135,10 +1142,9 @@ def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch, 
             miss = (1 - x / goal) if higher else (x / goal - 1)
             print(f"  {what}: {x:.2f}× {'met' if ok else f'MISSED by {100 * miss:.0f}%'}")
 
-    if shape != "smoke":
-        x = res["int4"]["decode_tps"] / res["int8"]["decode_tps"]
-        print(f"\nTarget int4 decode ≥ {INT4_TARGET}× minicodegen int8's tok/s (same run): {x:.2f}× "
-              f"{'met' if x >= INT4_TARGET else f'MISSED by {100 * (1 - x / INT4_TARGET):.0f}%'}")
+    x = res["int4"]["decode_tps"] / res["int8"]["decode_tps"]  # (the smoke run prints it too, to check it exists)
+    print(f"\nTarget int4 decode ≥ {INT4_TARGET}× minicodegen int8's tok/s (same run): {x:.2f}× "
+          f"{'met' if x >= INT4_TARGET else f'MISSED by {100 * (1 - x / INT4_TARGET):.0f}%'}")
 
     if t and shape != "smoke":
         print(f"\nTargets against transformers (minicodegen with the .npz in memory, mapped in parentheses; reference: "

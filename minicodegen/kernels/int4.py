@@ -198,28 +198,38 @@ def _i4dot(typingctx, xs, comps, ws, ss, pf, kind):
 
         # Groups in blocks of 16: the block's 16 scales converted from float16 at once (one
         # vcvtph2ps per row) into scratch that each group's multiply reads as a broadcast; the
-        # prefetches of the block's 8 lines of each row in one burst.  The last groups one by one.
+        # prefetches of the block's 8 lines of each row in one burst.  The last block may hold
+        # fewer groups (its scales converted one by one): one copy of the group's code for all.
         SB = 16
+        vsf = ir.VectorType(_F32, SB)
         scratch = [cgutils.alloca_once(builder, ir.ArrayType(_F32, SB)) for _ in range(RW)]
-        n_blocks = builder.udiv(n_groups, ir.Constant(_I64, SB))
+        sb = ir.Constant(_I64, SB)
+        n_blocks = builder.udiv(builder.add(n_groups, ir.Constant(_I64, SB - 1)), sb)
         with cgutils.for_range(builder, n_blocks) as blk:
-            g0 = builder.mul(blk.index, ir.Constant(_I64, SB))
+            g0 = builder.mul(blk.index, sb)
+            left = builder.sub(n_groups, g0)
+            full = builder.icmp_signed(">=", left, sb)
+            count = builder.select(full, sb, left)
             with builder.if_then(builder.icmp_signed(">", pf_bytes, ir.Constant(_I64, 0))):
                 for b in range(RW):
                     at = builder.add(builder.mul(g0, ir.Constant(_I64, G // 2)), pf_bytes)
                     for line in range(0, SB * G // 2, 64):
                         builder.call(prefetch, [builder.gep(wp[b], [builder.add(at, ir.Constant(_I64, line))]),
                                                 ir.Constant(_I32, 0), ir.Constant(_I32, 2), ir.Constant(_I32, 1)])
-            for b in range(RW):
-                v = load(sp[b], g0, ir.VectorType(_I16, SB))
-                f = builder.fpext(builder.bitcast(v, ir.VectorType(ir.HalfType(), SB)), ir.VectorType(_F32, SB))
-                builder.store(f, builder.bitcast(scratch[b], ir.VectorType(_F32, SB).as_pointer()), align=4)
-            with cgutils.for_range(builder, ir.Constant(_I64, SB)) as k:
+            with builder.if_else(full) as (whole, part):
+                with whole:
+                    for b in range(RW):
+                        v = load(sp[b], g0, ir.VectorType(_I16, SB))
+                        f = builder.fpext(builder.bitcast(v, ir.VectorType(ir.HalfType(), SB)), vsf)
+                        builder.store(f, builder.bitcast(scratch[b], vsf.as_pointer()), align=4)
+                with part:
+                    with cgutils.for_range(builder, count) as k:
+                        for b in range(RW):
+                            h = builder.bitcast(builder.load(builder.gep(sp[b], [builder.add(g0, k.index)])), ir.HalfType())
+                            builder.store(builder.fpext(h, _F32), builder.gep(scratch[b], [ir.Constant(_I32, 0), k.index]))
+            with cgutils.for_range(builder, count) as k:
                 group(builder.add(g0, k.index),
                       lambda b: _splat(builder, builder.load(builder.gep(scratch[b], [ir.Constant(_I32, 0), k.index])), P))
-        with cgutils.for_range_slice(builder, builder.mul(n_blocks, ir.Constant(_I64, SB)), n_groups, ir.Constant(_I64, 1)) as (g, _):
-            group(g, lambda b: _splat(builder, builder.fpext(builder.bitcast(builder.load(builder.gep(sp[b], [g])),
-                                                                              ir.HalfType()), _F32), P))
 
         def lanes(a, b):  # the L lanes of pair (a, b) in one vector
             v = [builder.load(x) for x in accs[a][b]]
