@@ -159,7 +159,7 @@ def _check_room(repo: str, snapshot: Path, info, weights: list[str], output: tup
         names = weights
     weight_bytes = sum(sizes.get(n, 0) for n in names)
     to_fetch = sum(sizes.get(n, 0) for n in names if not (snapshot / n).is_file())
-    needs = [(Path(hf_cache()), to_fetch, f"the download of {repo}")] if to_fetch else []
+    needs = [(Path(_hf_cache()), to_fetch, f"the download of {repo}")] if to_fetch else []
     if output is not None:
         try:
             stored = json.loads((snapshot / "config.json").read_text()).get("torch_dtype") or "float32"
@@ -170,7 +170,7 @@ def _check_room(repo: str, snapshot: Path, info, weights: list[str], output: tup
     check_disk_space(needs)
 
 
-def hf_cache() -> str:
+def _hf_cache() -> str:
     """huggingface_hub's download cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub)."""
     import huggingface_hub.constants as hfc
 

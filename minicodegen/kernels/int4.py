@@ -13,19 +13,23 @@ bytes, whatever the instruction set (avx_vnni fills them two registers at a time
 sums the same four products), then the lanes added in halves.  So a row of x gets the same
 numbers on every CPU, and in a batch, alone or in a prompt.
 
-How a group is multiplied (``_i4dot``): one load of G / 2 bytes, a shift and two masks give the
-G codes in order as unsigned bytes u = q + 8; ``vpdpbusd`` (or, without VNNI, bytes widened to 16
+How a group is multiplied (``_i4dot``): its G / 2 bytes loaded into both halves of a register,
+shifted by 0 and 4 bits (16-bit words) and masked give the G codes in order as unsigned bytes
+u = q + 8; ``vpdpbusd`` (or, without VNNI, bytes widened to 16
 bits, multiplied and summed by fours) sums u · xq in int32 lanes.  The lanes start from the group's
 compensation -8 · Σ xq over the group (one int32, computed with the row's quantization), so they
 end on Σ q · xq exactly; they are converted to float32 and added into float32 lanes times the
-group's scale.  Nothing is precomputed per weight and nothing is stored besides the file.
+group's scale (the scales of 16 groups converted from float16 at once).  Nothing is precomputed
+per weight and nothing is stored besides the file.  On the 2-core Xeon measured, this is about
+four vector operations per 64 weights where int8 needs one, and int4 decode is bound by them,
+not by memory (docs/performance.md).
 
 Kernels: ``_i4dot``, ``_quantize_rows4`` (xq, sx and the per-group compensations), ``_q4gemm``
 (prompts: panels of 16 rows of W, blocks of 4 rows of x), ``_q4gemv`` (decode) and the fused
 decode block's ``_q4gemv_pair`` / ``_q4gemv_sum_into`` (integer.py's int8 kernels, step for step).
 
 Tested against (tests/test_kernels_int4.py): ``ops.linear_int4_rows`` for every instruction set
-the CPU runs, every group size, T = 1 .. 37 and odd n_out.
+the CPU runs (the same numbers on each), every group size, T = 1 .. 37 and odd n_out.
 """
 
 from __future__ import annotations
