@@ -1,7 +1,7 @@
 """The kernels compiled for another CPU than this one, in a subprocess with its own Numba cache:
 NUMBA_CPU_NAME / NUMBA_CPU_FEATURES make Numba compile for a laptop without AVX-512 (haswell:
-AVX2, the ``widen`` integer kernels) on any machine that runs AVX2.  The tiny model (as shipped,
-int8, and converted to int4) must give the same greedy tokens as here, and its logits within float32 noise (the integer sums are exact everywhere; the float kernels add
+AVX2, the ``widen`` integer kernels) on any machine that runs AVX2.  The tiny model must give the same greedy tokens as here,
+and its logits within float32 noise (the integer sums are exact everywhere; the float kernels add
 in a fixed order, but the attention and layer norm loops are vectorized to the target's width).
 """
 
@@ -24,17 +24,18 @@ from minicodegen.kernels import cpu, integer, qgemm
 m = minicodegen.load("tiny")
 ids = m.tokenizer.encode(PROMPT)
 logits = minicodegen.forward(m, [ids])[0]
-m4 = minicodegen.load("tiny", dtype="int4")
 print(json.dumps({"int8": integer.INT8_ISA.name, "bf16": qgemm.BF16_ISA.name,
                   "tokens": minicodegen.generate(m, ids, max_new_tokens=24),
-                  "logits": logits[-4:].tolist(), "int4 tokens": minicodegen.generate(m4, ids, max_new_tokens=24),
-                  "int4 logits": minicodegen.forward(m4, [ids])[0][-4:].tolist()}))
+                  "logits": logits[-4:].tolist()}))
 """
 PROMPT = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fib"
 
 # name -> (NUMBA_CPU_NAME, NUMBA_CPU_FEATURES, the features the host needs, the int8 kernel).  (The
 # avx_vnni kernels run in tests/test_kernels_integer.py on hosts that have AVX-VNNI; a subprocess
 # compiling for alderlake took another 2 minutes of the suite for nothing more.)
+# (int4 weights are not run here: their kernels compile for another minute and a half, and
+# tests/test_kernels_int4.py already runs the ``widen`` kind on this host and checks that every
+# kind gives the same numbers, bit for bit: the lanes are summed in one fixed order in the IR.)
 TARGETS = {
     "haswell": ("haswell", "+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt", {"avx2", "fma", "f16c"}, "widen"),
 }
@@ -42,11 +43,9 @@ TARGETS = {
 
 def host_result() -> dict:
     m = minicodegen.load("tiny")
-    m4 = minicodegen.load("tiny", dtype="int4")
     ids = m.tokenizer.encode(PROMPT)
     logits = minicodegen.forward(m, [ids])[0]
-    return {"tokens": minicodegen.generate(m, ids, max_new_tokens=24), "logits": logits[-4:],
-            "int4 tokens": minicodegen.generate(m4, ids, max_new_tokens=24), "int4 logits": minicodegen.forward(m4, [ids])[0][-4:]}
+    return {"tokens": minicodegen.generate(m, ids, max_new_tokens=24), "logits": logits[-4:]}
 
 
 @pytest.mark.slow  # each target compiles the kernels of an int8 model from scratch (about 70 s here)
@@ -63,6 +62,5 @@ def test_the_fallback_kernels_give_the_same_tokens(target, tmp_path):
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["int8"] == int8 and got["bf16"] == "widen"
     want = host_result()
-    assert got["tokens"] == want["tokens"] and got["int4 tokens"] == want["int4 tokens"]
+    assert got["tokens"] == want["tokens"]
     np.testing.assert_allclose(np.array(got["logits"], np.float32), want["logits"], rtol=0, atol=1e-4)
-    np.testing.assert_allclose(np.array(got["int4 logits"], np.float32), want["int4 logits"], rtol=0, atol=1e-4)
