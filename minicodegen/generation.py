@@ -152,6 +152,25 @@ def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int, top
         raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty!r}")
 
 
+def advance(model: Model, r: Row, logits: np.ndarray, temperature: float, top_k: int, top_p: float,
+            repetition_penalty: float, stop: Sequence[str], codegen_truncate: bool) -> int:  # [V] -> id
+    """Chooses row r's next token from its logits and appends it: to ``r.ids``, its text to
+    ``r.text`` and, if it ends the row, the reason to ``r.done`` ("eos", or "stop" with ``r.end``)."""
+    z = logits
+    if repetition_penalty != 1.0:
+        z = apply_repetition_penalty(z, np.array(r.prompt + r.ids, np.int64), repetition_penalty)
+    tok = choose(z, r.rng, temperature, top_k, top_p)
+    r.ids.append(tok)
+    if tok == model.config.eos_token_id:
+        r.done = "eos"
+    elif model.tokenizer is not None and tok < model.tokenizer.vocab_size:
+        r.text += r.decoder.decode(model.tokenizer.decode_bytes([tok]))
+        if stop or codegen_truncate:
+            r.end = find_end(r.text, stop, codegen_truncate)
+            r.done = "stop" if r.end is not None else ""
+    return tok
+
+
 def decode_steps(
     model: Model,
     prompts: list[list[int]],
@@ -204,23 +223,11 @@ def decode_steps(
         for b, r in enumerate(rows):
             if r.done:
                 continue
-            z = logits[b]
-            if repetition_penalty != 1.0:
-                z = apply_repetition_penalty(z, np.array(r.prompt + r.ids, np.int64), repetition_penalty)
-            tok = choose(z, r.rng, temperature, top_k, top_p)
-            r.ids.append(tok)
-            nxt[b, 0] = tok
-            if tok == cfg.eos_token_id:
-                r.done = "eos"
-            elif model.tokenizer is not None and tok < model.tokenizer.vocab_size:
-                r.text += r.decoder.decode(model.tokenizer.decode_bytes([tok]))
-                if needs_text:
-                    r.end = find_end(r.text, stop, codegen_truncate)
-                    r.done = "stop" if r.end is not None else ""
+            nxt[b, 0] = advance(model, r, logits[b], temperature, top_k, top_p, repetition_penalty, stop,
+                                codegen_truncate)  # fmt: skip
             if not r.done and step == steps - 1:
                 r.done = "length"
-        if all(r.done for r in rows):
-            for r in rows:
+            if r.done:
                 r.text += r.decoder.decode(b"", final=True)
         if stats is not None:
             t1 = time.perf_counter()
@@ -287,6 +294,14 @@ def completion_text(row: Row) -> str:
     return row.text if row.end is None else row.text[: row.end]
 
 
+def ready_text(row: Row, stop: Sequence[str], codegen_truncate: bool) -> int:
+    """How much of ``row.text`` a stream can send: all of the completion once the row is done,
+    else all but what might begin a stop string or a truncation cut (``holdback``)."""
+    if row.done:
+        return len(completion_text(row))
+    return len(row.text) - holdback(row.text, stop, codegen_truncate)
+
+
 def stream(
     model: Model,
     prompt: str | Sequence[int],
@@ -312,10 +327,7 @@ def stream(
     for rows in decode_steps(model, [_prompt_ids(model, prompt)], max_new_tokens, temperature, top_k, top_p,
                              repetition_penalty, seed, stop, truncate, stats, text_only=True):  # fmt: skip
         row = rows[0]
-        if row.done:
-            upto = len(completion_text(row))
-        else:
-            upto = len(row.text) - holdback(row.text, stop, truncate)
+        upto = ready_text(row, stop, truncate)
         if upto > sent:
             yield row.text[sent:upto]
             sent = upto

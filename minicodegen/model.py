@@ -420,7 +420,15 @@ def forward(
     x = (kernels if model.fast else ops).layer_norm(x, weights["transformer.ln_f.weight"], weights["transformer.ln_f.bias"], cfg.layer_norm_epsilon)
     head = "transformer.wte" if cfg.tie_word_embeddings else "lm_head"  # tied: lm_head.weight is wte
     rows = x.reshape(-1, cfg.n_embd)
-    logits = dense(rows, weights, head, model.fast, bias="lm_head.bias", int8_activations=q8).reshape(B, -1, cfg.vocab_size)
+    # A decode step of many rows: float heads take kernels.STREAM_MAX_T rows at a time, the kernel
+    # one row alone gets, so that a row's logits do not depend on its batch (integer sums, int8
+    # activations or int4, are exact in every kernel).
+    w = weights[head + ".weight"]
+    exact = w.dtype == np.uint8 or (w.dtype == np.int8 and q8)
+    chunk = kernels.STREAM_MAX_T if model.fast and T == 1 and not exact else len(rows)
+    parts = [dense(rows[i:i + chunk], weights, head, model.fast, bias="lm_head.bias", int8_activations=q8)
+             for i in range(0, len(rows), chunk)]  # fmt: skip
+    logits = (parts[0] if len(parts) == 1 else np.concatenate(parts)).reshape(B, -1, cfg.vocab_size)
     if trace is not None:
         trace |= {"ln_f": x, "logits": logits}
     if model.fast and B * T > kernels.STREAM_MAX_T:

@@ -160,3 +160,25 @@ def test_a_row_of_a_batch_decodes_as_it_would_alone(dtype, int8_activations):
         alone = K.decode_layers(x[t:t + 1].copy(), [layer, layer], 1e-5, sincos[t:t + 1], 8, H,
                                 [kv[0][t:t + 1].copy()] * 2, [kv[1][t:t + 1].copy()] * 2, S, allowed[t:t + 1])
         np.testing.assert_array_equal(batch[t], alone[0])
+
+
+@pytest.mark.parametrize("pad", [1, 2, 3, 6])
+def test_a_row_behind_left_padding_decodes_as_it_would_alone(pad):
+    """A row whose cache starts with ``pad`` masked slots (left padding, or a request that joined a
+    running batch) gets, bit for bit, what it gets with those slots gone: attention scores and sums
+    its keys in groups of four from its first visible key, whatever the padding (the padding's
+    keys hold garbage here, large enough to show if they were read)."""
+    rng = np.random.default_rng(5)
+    E, H, n_inner, S = 64, 4, 256, 11
+    layer = K.decode_weights(_random_layer(rng, E, n_inner, "float32"), E, True)
+    x = rng.standard_normal((1, E)).astype(np.float32)
+    sincos = rng.standard_normal((1, 8)).astype(np.float32)
+    kv = rng.standard_normal((2, 1, H, S, E // H)).astype(np.float32)
+    garbage = np.full((2, 1, H, pad, E // H), 1e4, np.float32)
+    padded = np.concatenate([garbage, kv], axis=3)
+    allowed = np.concatenate([np.zeros((1, pad), bool), np.ones((1, S), bool)], axis=1)
+    alone = K.decode_layers(x.copy(), [layer], 1e-5, sincos, 8, H, [kv[0].copy()], [kv[1].copy()], S,
+                            np.ones((1, S), bool))
+    behind = K.decode_layers(x.copy(), [layer], 1e-5, sincos, 8, H, [padded[0].copy()], [padded[1].copy()], S + pad,
+                             allowed)
+    np.testing.assert_array_equal(behind, alone)

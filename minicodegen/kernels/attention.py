@@ -45,26 +45,32 @@ def _attend_query(qt, k, v, last, allowed, bias, p, o, acc):  # pragma: no cover
     """o = softmax attention of one query qt [D] over keys/values k, v [>= last+1, D]
     at positions 0..last allowed by allowed [>= last+1] (+ additive bias, or None);
     p [>= last+1] and acc [16] are scratch.  No visible key: o = 0.  Scores four keys at a
-    time (_dot, qt loaded once), prefetching keys and values _KV_AHEAD rows ahead."""
+    time (_dot, qt loaded once), prefetching keys and values _KV_AHEAD rows ahead.
+
+    Keys before the first allowed one (a row's left padding) are skipped: the groups of four
+    start at that key, so a row gets the same bits behind any amount of padding as alone."""
     D = qt.shape[0]
     n = last + 1
-    ahead = min(_KV_AHEAD, n)
-    for j in range(ahead):  # the first rows: the loop below asks for rows j + _KV_AHEAD on
+    j0 = 0
+    while j0 < n and not allowed[j0]:
+        j0 += 1
+    ahead = min(_KV_AHEAD, n - j0)
+    for j in range(j0, j0 + ahead):  # the first rows: the loop below asks for rows j + _KV_AHEAD on
         for d in range(0, D, 16):
             _prefetch(k, j * D + d)
             _prefetch(v, j * D + d)
-    j = 0
+    j = j0
     while j + 4 <= n:
-        for d in range(0, min(4, n - ahead - j) * D, 16):  # rows j+8 .. j+11 (those that exist)
+        for d in range(0, min(4, n - (j0 + ahead) - (j - j0)) * D, 16):  # rows j+8 .. j+11 (those that exist)
             _prefetch(k, (j + _KV_AHEAD) * D + d)
             _prefetch(v, (j + _KV_AHEAD) * D + d)
         p[j], p[j + 1], p[j + 2], p[j + 3] = _dot(qt, (k[j], k[j + 1], k[j + 2], k[j + 3]), 0)
         j += 4
     for j in range(j, n):
         p[j] = _dot(qt, k[j], 0)
-    _softmax_row(p, n, allowed, bias, np.float32(math.sqrt(D)), acc)
+    _softmax_row(p, j0, n, allowed, bias, np.float32(math.sqrt(D)), acc)
     o[:] = 0.0
-    j = 0
+    j = j0
     while j + 4 <= n:
         w0, w1, w2, w3 = p[j], p[j + 1], p[j + 2], p[j + 3]
         if w0 != 0.0 and w1 != 0.0 and w2 != 0.0 and w3 != 0.0:
@@ -177,12 +183,12 @@ ATTEND_BLOCK_MIN_T = 16
 
 
 @njit(inline="always", error_model="numpy")
-def _row_max(row, n, acc):  # pragma: no cover - compiled
-    """max(row[:n]), NaN ignored (-inf for n = 0), over 16 running maxima in acc [16]
+def _row_max(row, j0, n, acc):  # pragma: no cover - compiled
+    """max(row[j0:n]), NaN ignored (-inf for n = j0), over 16 running maxima in acc [16]
     (scratch): one chain of compares, whose latency bounds the loop, becomes 16."""
     acc[:] = -np.inf
-    n16 = n - n % 16
-    for j in range(0, n16, 16):
+    n16 = n - (n - j0) % 16
+    for j in range(j0, n16, 16):
         for lane in range(16):
             v = row[j + lane]
             acc[lane] = v if v > acc[lane] else acc[lane]
@@ -195,28 +201,28 @@ def _row_max(row, n, acc):  # pragma: no cover - compiled
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
-def _softmax_row(row, n, allowed, bias, scale, acc):  # pragma: no cover - compiled
-    """In place: row[:n] holds the scores q.k_j of keys j < n; becomes the softmax over the
-    keys with allowed[j] of row / scale (+ bias[j]), exactly 0 for the others; all 0 when no
-    key is allowed.  A NaN score makes its row NaN.  acc [16] is scratch."""
+def _softmax_row(row, j0, n, allowed, bias, scale, acc):  # pragma: no cover - compiled
+    """In place: row[j0:n] holds the scores q.k_j of keys j0 <= j < n; becomes the softmax over
+    the keys with allowed[j] of row / scale (+ bias[j]), exactly 0 for the others; all 0 when
+    no key is allowed.  A NaN score makes its row NaN.  acc [16] is scratch."""
     visible = 0
-    for j in range(n):
+    for j in range(j0, n):
         s = row[j] / scale
         if bias is not None:
             s += bias[j]
         row[j] = s if allowed[j] else np.float32(-np.inf)
         visible += allowed[j]
     if visible == 0:
-        row[:n] = 0.0
+        row[j0:n] = 0.0
         return
-    m = _row_max(row, n, acc)
+    m = _row_max(row, j0, n, acc)
     tot = np.float32(0.0)
-    for j in range(n):
+    for j in range(j0, n):
         e = _exp_f32(row[j] - m)  # exactly 0 for masked keys (exp(-inf))
         row[j] = e
         tot += e
     inv = np.float32(1.0) / tot
-    for j in range(n):
+    for j in range(j0, n):
         row[j] *= inv
 
 
@@ -272,7 +278,7 @@ def _attend_prompt(q, k, v, S, allowed, bias, out, kts, vps):  # pragma: no cove
             _matmul_rows(qb, kt, Dp, (n + 15) // 16 * 16, p, False)  # scores (NK >= n rounded up to 16)
             for u in range(_U):
                 nu = S - T + t0 + u + 1 if u < nq else 0  # keys query u may see
-                _softmax_row(p[u], nu, allowed[b], bias_row, scale, acc)
+                _softmax_row(p[u], 0, nu, allowed[b], bias_row, scale, acc)
                 p[u, nu:n] = 0.0
             _matmul_rows(p, vp, n, Dp, ob, False)  # weights x values
             for u in range(nq):
