@@ -5,6 +5,7 @@
     python -m minicodegen score FILE [--model M]                     likelihood of a file
     python -m minicodegen golden --prompt P -o golden.npz            intermediates for other ports
     python -m minicodegen warmup [--dtype D ...]                      compile the kernels ahead of time
+    python -m minicodegen serve [--model M] [--port 18080] ...         completion server for editors (OpenAI API)
 
 Exit codes: 0 success, 1 runtime error (missing file, unreachable hub, bad checkpoint),
 2 usage error (bad argument values), 130 interrupted. Expected failures print one line, no
@@ -87,7 +88,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def generation_parser() -> Parser:
     p = Parser(prog="python -m minicodegen", description="Complete code with a CodeGen model, streamed to stdout.",
-               epilog="Subcommands: convert, score, golden, warmup (python -m minicodegen SUBCOMMAND --help).")  # fmt: skip
+               epilog="Subcommands: convert, score, golden, warmup, serve (python -m minicodegen SUBCOMMAND --help).")  # fmt: skip
     p.add_argument("prompt", nargs="?", default=None, help="the code to complete; '-' or absent: read standard input")
     add_model_args(p)
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
@@ -367,6 +368,40 @@ def run_warmup(argv: Sequence[str]) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- serve
+
+
+def serve_parser() -> Parser:
+    p = Parser(prog="python -m minicodegen serve",
+               description="Serve completions over HTTP with OpenAI's API (/v1/completions, streamed or not), for "
+                           "editor plugins (Copilot/FauxPilot routes) and the openai client; a playground page at /. "
+                           "Needs the serve extra: pip install 'minicodegen[serve]'.")  # fmt: skip
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=18080, help="port (default 18080, as TurboPilot)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on the API routes (recommended with a non-loopback --host)")
+    p.add_argument("--max-batch", type=positive_int("--max-batch"), default=16,
+                   help="rows decoded together at most; more requests wait in a queue (default 16)")  # fmt: skip
+    return p
+
+
+def run_serve(argv: Sequence[str]) -> int:
+    a = serve_parser().parse_args(argv)
+    if not 0 <= a.port <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535, got {a.port}")
+    try:
+        from . import serve
+    except ImportError as e:
+        raise RuntimeError(f"the server needs the serve extra ({e.name} is missing): pip install 'minicodegen[serve]'") from None
+    model = load_model(a.model, a.threads, a.in_memory, a.int8_activations, a.dtype)
+    if model.tokenizer is None:
+        raise RuntimeError(f"{a.model} has no tokenizer files: the server takes text prompts")
+    say_if_compiling(model, 1)
+    serve.serve(model, a.model, a.host, a.port, a.api_key, a.max_batch)
+    return 0
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 
@@ -379,6 +414,8 @@ def dispatch(argv: Sequence[str]) -> int:
         return run_score(argv[1:])
     if argv and argv[0] == "warmup":
         return run_warmup(argv[1:])
+    if argv and argv[0] == "serve":
+        return run_serve(argv[1:])
     return run_generate(argv)
 
 
