@@ -6,7 +6,7 @@ arrives while others decode does not wait for them to finish: its prompt runs al
 B = 1), and its rows join the batch before the next step. A row that ends, or whose client went
 away, leaves the batch after the step that ended it.
 
-The batch's keys and values live in one cache of ``rows_cap`` rows by ``cap`` slots. Every row
+The batch's keys and values live in one cache of ``max_batch`` rows by ``n_positions`` slots. Every row
 appends at the same slot each step (``length``), so a row's tokens sit right-aligned, ending at
 slot ``length - 1``; the slots before a row's first token are masked out, and positions come from
 the mask (``model.positions_from_mask``)::
@@ -25,7 +25,12 @@ never which one. Row i of a request draws from ``default_rng([entropy(seed), i])
 Joining copies the prefilled row into a free row of the cache (rows past the running ones are
 free: the kernels get ``k[:B]``, a contiguous view); leaving moves the last row into the gap. Both
 copy one row, never the batch. When ``length`` reaches ``n_positions`` the slots that no row uses
-any more are dropped from the front.
+any more are dropped from the front (every row moves left).
+
+The cache is allocated whole when the first row joins, and freed when the last one leaves: the
+system maps zeroed pages only where something is written, so its memory grows with the rows and
+slots in use, and the batch never reallocates. (Growing it by doubling instead copied the running
+rows into fresh pages: 3.9 s for 16 rows of 528 slots at the 350M shape on this machine.)
 
 ``Engine`` runs this loop on a thread of its own; ``Job`` is what a client asks for and ``emit``
 is how it hears back (``minicodegen.serve`` turns the events into HTTP responses).
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
@@ -128,7 +134,7 @@ class Slots:
 
     k: list[np.ndarray]  # n_layer × [rows_cap, H, cap, D] float32
     v: list[np.ndarray]
-    mask: np.ndarray  # [rows_cap, cap] int8
+    mask: np.ndarray  # [rows_cap, cap] int8 (1 where a row has a token)
     length: int = 0  # slots filled (the same for every row)
 
     def view(self, B: int) -> Cache:
@@ -139,22 +145,6 @@ class Slots:
 def empty_slots(model: Model, rows_cap: int, cap: int) -> Slots:
     c = new_cache(model.config, rows_cap, cap)
     return Slots(c.k, c.v, c.mask)
-
-
-def make_room(model: Model, s: Slots, B: int, rows: int, cap: int) -> Slots:
-    """Slots with room for ``rows`` rows and ``cap`` slots (at most n_positions), the first B rows
-    copied over; ``s`` itself when it has the room. Capacities double, as lists do."""
-    rows_cap, old_cap = s.mask.shape
-    if rows <= rows_cap and cap <= old_cap:
-        return s
-    new = empty_slots(model, max(rows, rows_cap if rows <= rows_cap else 2 * rows_cap),
-                      min(max(cap, old_cap if cap <= old_cap else 2 * old_cap), model.config.n_positions))
-    L = s.length
-    for a, b in zip(new.k + new.v, s.k + s.v):
-        a[:B, :, :L] = b[:B, :, :L]
-    new.mask[:B, :L] = s.mask[:B, :L]
-    new.length = L
-    return new
 
 
 def shift(s: Slots, B: int, by: int) -> None:
@@ -229,7 +219,8 @@ class Engine:
         self.prefilled: dict[tuple[int, int], tuple[Cache, list[int], np.ndarray]] = {}  # (job id, prompt) -> kept prefill
         self.seqs: list[Seq] = []
         self.slots: Slots | None = None
-        self.counts = {"steps": 0, "admitted": 0, "peak_rows": 0, "cancelled_rows": 0}
+        self.counts: dict[str, float] = {"steps": 0, "admitted": 0, "peak_rows": 0, "cancelled_rows": 0,
+                                         "prefill_s": 0.0, "decode_s": 0.0}  # fmt: skip
 
     # -- the client side (any thread)
 
@@ -240,8 +231,9 @@ class Engine:
                 self.waiting.append((job, p, [p * job.n + j for j in range(job.n)]))
             self.cond.notify()
 
-    def stats(self) -> dict[str, int]:
-        """Rows decoding now, requests waiting, and counters since start."""
+    def stats(self) -> dict[str, float]:
+        """Rows decoding now, requests waiting, and counters since start (seconds spent in
+        prefills and in decode steps among them)."""
         with self.cond:
             waiting = len({id(j) for j, _, _ in self.waiting})
             return {"rows": len(self.seqs), "waiting": waiting} | self.counts
@@ -298,6 +290,7 @@ class Engine:
         if key in self.prefilled:
             one, echo_lp, first = self.prefilled[key]
         else:
+            t0 = time.perf_counter()
             ids = job.prompts[p]
             one = new_cache(model.config, 1, len(ids))
             want_prompt_lp = st.echo and st.logprobs is not None
@@ -305,6 +298,7 @@ class Engine:
             echo_lp = self._prompt_logprobs(ids, z, st.logprobs) if want_prompt_lp else []
             first = z[-1].copy()
             self.prefilled[key] = (one, echo_lp, first)
+            self.counts["prefill_s"] += time.perf_counter() - t0
         if last:
             del self.prefilled[key]
         self.counts["admitted"] += len(choices)
@@ -318,9 +312,7 @@ class Engine:
                 continue
             B = len(self.seqs)
             if self.slots is None:
-                self.slots = empty_slots(model, min(self.max_batch, max(4, B + 1)), len(prompt) + 16)
-            L = max(self.slots.length, one.length)
-            self.slots = make_room(model, self.slots, B, B + 1, L + 1)
+                self.slots = empty_slots(model, self.max_batch, model.config.n_positions)
             if one.length > self.slots.length:
                 shift(self.slots, B, one.length - self.slots.length)
             place(self.slots, B, one)
@@ -329,11 +321,11 @@ class Engine:
 
     def _decode(self) -> None:
         """One token for every running row: forward on B rows of one token, then each row chooses."""
+        t0 = time.perf_counter()
         B, s, n_pos = len(self.seqs), self.slots, self.model.config.n_positions
         if s.length + 1 > n_pos:  # drop the slots before the earliest first token of a running row
             first = int(np.argmax(s.mask[:B, : s.length].any(axis=0)))
             shift(s, B, -first)
-        self.slots = s = make_room(self.model, s, B, B, s.length + 1)
         nxt = np.array([[q.row.ids[-1]] for q in self.seqs], np.int64)
         logits = forward(self.model, nxt, cache=s.view(B), last_only=True)[:, -1]  # [B, V]
         s.length += 1
@@ -342,6 +334,7 @@ class Engine:
             if not q.job.cancelled:
                 self._advance(q, z)
         self._drop(lambda q: bool(q.row.done))
+        self.counts["decode_s"] += time.perf_counter() - t0
 
     def _advance(self, q: Seq, z: np.ndarray) -> None:
         """Row q chooses its next token from its logits z [V] and its job hears of it."""

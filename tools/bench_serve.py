@@ -12,7 +12,9 @@ other: a prompt of ``--prompt-tokens`` random token ids (different for every req
 
 * time to first token: from sending the request to the first streamed chunk (p50 and p95 over
   all requests), which includes waiting for other prompts' prefills;
-* tokens/s: all completion tokens over the round's wall time (every client's), and per request.
+* tokens/s: all completion tokens over the round's wall time (every client's), and per request;
+* what the server's engine spent (from ``/health``): seconds per prefill, milliseconds per decode
+  step, and rows per step.
 
 Not a test: the figures depend on the machine and its load.
 """
@@ -83,6 +85,14 @@ def stream_request(port: int, prompt: list[int], new_tokens: int) -> tuple[float
     return first if first is not None else float("nan"), time.perf_counter() - t0, tokens
 
 
+def health(port: int) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", "/health")
+    out = json.loads(conn.getresponse().read())
+    conn.close()
+    return out
+
+
 def run_clients(port: int, clients: int, requests: int, prompt_tokens: int, new_tokens: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     prompts = [[rng.integers(0, 50000, prompt_tokens).tolist() for _ in range(requests)] for _ in range(clients)]
@@ -96,18 +106,22 @@ def run_clients(port: int, clients: int, requests: int, prompt_tokens: int, new_
                 results.append(res)
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    h0 = health(port)
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    h = {k: v - h0[k] for k, v in health(port).items() if isinstance(v, (int, float))}
     ttft = np.array([r[0] for r in results])
     tokens = sum(r[2] for r in results)
     per_request = [r[2] / (r[1] - r[0]) for r in results if r[1] > r[0]]
     return {"clients": clients, "requests": len(results), "ttft_p50": float(np.percentile(ttft, 50)),
             "ttft_p95": float(np.percentile(ttft, 95)), "tokens": tokens, "wall": wall,
-            "tok_s": tokens / wall, "per_request_tok_s": float(np.median(per_request))}  # fmt: skip
+            "tok_s": tokens / wall, "per_request_tok_s": float(np.median(per_request)),
+            "prefill_s": h["prefill_s"] / h["admitted"], "step_ms": 1000 * h["decode_s"] / h["steps"],
+            "rows_per_step": (tokens - h["admitted"]) / h["steps"]}  # fmt: skip
 
 
 def main() -> None:
@@ -142,12 +156,14 @@ def main() -> None:
         cpu = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?")
         print(f"# {cpu}, {a.threads} threads, {model.name}, prompts of {a.prompt_tokens} tokens, {a.new_tokens} new "
               f"tokens, {a.requests} requests per client, --max-batch {a.max_batch}")  # fmt: skip
-        print("| clients | requests | time to first token p50 (s) | p95 (s) | tokens/s, all clients | tokens/s per request |")
-        print("|---:|---:|---:|---:|---:|---:|")
+        print("| clients | requests | time to first token p50 (s) | p95 (s) | tokens/s, all clients | tokens/s per request "
+              "| prefill (s) | decode step (ms) | rows per step |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for i, c in enumerate(a.clients):
             r = run_clients(port, c, a.requests, a.prompt_tokens, a.new_tokens, seed=i)
             print(f"| {c} | {r['requests']} | {r['ttft_p50']:.2f} | {r['ttft_p95']:.2f} | {r['tok_s']:.1f} | "
-                  f"{r['per_request_tok_s']:.1f} |", flush=True)  # fmt: skip
+                  f"{r['per_request_tok_s']:.1f} | {r['prefill_s']:.2f} | {r['step_ms']:.1f} | {r['rows_per_step']:.1f} |",
+                  flush=True)  # fmt: skip
     finally:
         server.terminate()
         server.wait()
