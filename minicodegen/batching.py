@@ -41,7 +41,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -115,10 +115,12 @@ class Job:
     emit: Callable[[Event], None]
     seed: int | None = None
     cancelled: bool = False
-    entropy: int = field(init=False)
+    entropy: int | None = None  # the generators' entropy; None: from seed (SeedSequence(seed).entropy)
+    first: int = 0  # choice c draws from default_rng([entropy, first + c])
 
     def __post_init__(self) -> None:
-        self.entropy = np.random.SeedSequence(self.seed).entropy
+        if self.entropy is None:
+            self.entropy = np.random.SeedSequence(self.seed).entropy
 
     @property
     def choices(self) -> int:
@@ -304,7 +306,7 @@ class Engine:
         self.counts["admitted"] += len(choices)
         prompt = job.prompts[p]
         for c in choices:
-            seq = Seq(job, c, Row(list(prompt), [], np.random.default_rng([job.entropy, c])))
+            seq = Seq(job, c, Row(list(prompt), [], np.random.default_rng([job.entropy, job.first + c])))
             if st.echo:
                 job.emit(Piece(c, self.model.tokenizer.decode(prompt), echo_lp))
             self._advance(seq, first.copy())

@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "tests" / "constraints.txt"
-EXTRAS = "test,reference,notebooks,serve"
+EXTRAS = "test,reference,notebooks,serve,eval,ray"
 
 
 def run(*cmd: str) -> str:
