@@ -93,3 +93,14 @@ def hf_logits(model, ids, attention_mask=None, position_ids=None) -> np.ndarray:
             use_cache=False,
         )
     return out.logits.float().numpy()
+
+
+@pytest.fixture(scope="session")
+def int8_compiled_cache(tmp_path_factory):
+    """(a Numba cache directory, what the process reported) after ``cold_cache.WARMUP_INT8`` ran in
+    it, cold: every kernel an int8 model runs, compiled once for the tests that need such a cache."""
+    from cold_cache import WARMUP_INT8, run_python
+
+    cache_dir = tmp_path_factory.mktemp("numba-int8")
+    return cache_dir, run_python(WARMUP_INT8, cache_dir)
+

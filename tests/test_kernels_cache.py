@@ -4,31 +4,18 @@ sources.  The cross-process tests run Python in subprocesses with their own NUMB
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cold_cache import WARMUP_INT8, run_python
+
 from minicodegen import kernels as K
 from minicodegen.kernels import cache
 
 PACKAGE = Path(cache.__file__).resolve().parent
-
-
-def run_python(code: str, cache_dir: Path, pythonpath: Path | None = None) -> dict:
-    """Run ``code`` in a fresh interpreter with NUMBA_CACHE_DIR=cache_dir; it prints one JSON
-    object as its last line of output, returned here."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
-    if pythonpath is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), env.get("PYTHONPATH")) if p)
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_warmup_returns_each_step_and_its_seconds():
@@ -122,47 +109,16 @@ def test_an_edit_of_simd_reaches_the_cached_kernels_of_other_modules(tmp_path):
     assert stamp.read_text() == cache._fingerprint(copy)
 
 
-PROCESS = """
-import json, time
-t0 = time.perf_counter()
-from minicodegen import kernels as K
-from minicodegen.kernels import cache
-t_import = time.perf_counter() - t0
-t0 = time.perf_counter()
-before = K.needs_compiling("int8")
-t_check = time.perf_counter() - t0
-steps = K.warmup(["int8"])
-looked_up = {}
-for step in cache._steps("int8"):
-    for kernel, sig in cache._step_signatures()[step]:
-        looked_up.setdefault(kernel.py_func.__module__ + "." + kernel.py_func.__qualname__, set()).add(str(sig))
-kernels = {}
-for module in ("simd", "prefill", "integer", "qgemm", "gemv", "attention", "elementwise", "decode"):
-    for obj in vars(getattr(K, module)).values():
-        if type(getattr(obj, "_cache", None)).__name__ == "FunctionCache" and obj.py_func.__module__.endswith(module):
-            kernels[obj.py_func.__module__ + "." + obj.py_func.__qualname__] = obj
-print(json.dumps({
-    "import_s": t_import, "check_s": t_check, "before": before, "after": K.needs_compiling("int8"),
-    "others": {d: K.needs_compiling(d) for d in ("float32", "bfloat16", "float16")},
-    "steps": steps,
-    "hits": {n: sum(k.stats.cache_hits.values()) for n, k in kernels.items()},
-    "misses": {n: sum(k.stats.cache_misses.values()) for n, k in kernels.items()},
-    "compiled": {n: sorted(map(str, k.overloads)) for n, k in kernels.items() if k.overloads},
-    "looked_up": {n: sorted(s) for n, s in looked_up.items()},
-}))
-"""
-
-
 @pytest.mark.slow  # the first process compiles every kernel an int8 model runs (80 s of CPU here)
-def test_a_second_process_loads_every_kernel_and_compiles_none(tmp_path):
-    first = run_python(PROCESS, tmp_path)
+def test_a_second_process_loads_every_kernel_and_compiles_none(int8_compiled_cache):
+    tmp_path, first = int8_compiled_cache  # (a session fixture: test_first_run uses the same cold compile)
     assert first["before"] is True and first["after"] is False
     assert all(first["others"].values())  # (their linear and decode-block kernels are not cached)
     assert [name for name, _ in first["steps"]] == cache._steps("int8")
     for name, sigs in first["looked_up"].items():  # needs_compiling looks up what the warm-up compiled
         assert first["compiled"][name] == sigs
 
-    second = run_python(PROCESS, tmp_path)
+    second = run_python(WARMUP_INT8, tmp_path)
     assert second["before"] is False and second["after"] is False
     assert second["check_s"] < 1.0  # (a few milliseconds: it compiles and loads nothing)
     assert sum(second["misses"].values()) == 0  # compiled nothing
