@@ -514,7 +514,7 @@ def run_humaneval(argv: Sequence[str]) -> int:
     check_sampling(a)
     if not a.timeout > 0:
         raise UsageError(f"--timeout must be > 0, got {a.timeout}")
-    from . import humaneval, sample
+    from . import humaneval
 
     problems = humaneval.load_problems()
     if a.problems is not None:
@@ -524,8 +524,8 @@ def run_humaneval(argv: Sequence[str]) -> int:
     prompts = [(task_id, pr["prompt"]) for task_id, pr in problems.items()]
     say_sampled(run_sampling(a, prompts, str(samples_path), humaneval.STOP_SEQUENCES, False), str(samples_path))
     rows = [json.loads(line) for line in samples_path.read_text(encoding="utf-8").splitlines()]
-    rows = sorted((r for r in rows if r["task_id"] in problems and r["sample"] < a.n),
-                  key=lambda r: (list(problems).index(r["task_id"]), r["sample"]))  # fmt: skip
+    order = {task_id: i for i, task_id in enumerate(problems)}
+    rows = sorted((r for r in rows if r["task_id"] in order and r["sample"] < a.n), key=lambda r: (order[r["task_id"]], r["sample"]))
     samples = [{"task_id": r["task_id"], "completion": humaneval.truncate(r["completion"])} for r in rows]
     ks = tuple(k for k in (1, 10, 100) if k <= a.n)
     results, scores = humaneval.evaluate(samples, problems, ks, a.timeout, a.workers)
