@@ -239,6 +239,19 @@ def _job(c: Completion, loop: asyncio.AbstractEventLoop) -> tuple[Job, asyncio.Q
     return Job(c.prompts, c.n, c.settings, emit, c.seed), queue
 
 
+HUNG_UP = "the client disconnected"
+
+
+async def _watch_for_hang_up(request: Request, job: Job, queue: asyncio.Queue) -> None:
+    """A plain (not streamed) request: asks every quarter second whether the client is still
+    there; if not, its rows are freed and the handler stops waiting. (A stream needs no watcher:
+    Starlette cancels it when the client disconnects, and its ``finally`` frees the rows.)"""
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.25)
+    job.cancelled = True
+    queue.put_nowait(Failed(HUNG_UP))
+
+
 def _usage(c: Completion, choices: list[Choice]) -> dict[str, int]:
     prompt = sum(len(p) for p in c.prompts)
     done = sum(ch.completion_tokens for ch in choices)
@@ -283,20 +296,12 @@ async def complete(request: Request) -> Response:
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
 
-    events = _events(state.engine, job, queue)
+    watcher = asyncio.ensure_future(_watch_for_hang_up(request, job, queue))
     try:
-        while True:
-            nxt = asyncio.ensure_future(events.__anext__())
-            while not nxt.done():
-                await asyncio.wait([nxt], timeout=0.25)
-                if not nxt.done() and await request.is_disconnected():
-                    nxt.cancel()
-                    return Response(status_code=499)
-            try:
-                ev = nxt.result()
-            except StopAsyncIteration:
-                break
+        async for ev in _events(state.engine, job, queue):
             if isinstance(ev, Failed):
+                if ev.message == HUNG_UP:
+                    return Response(status_code=499)  # nobody reads it
                 raise ApiError(500, ev.message, kind="server_error")
             if isinstance(ev, Piece):
                 choices[ev.choice].add(ev)
@@ -304,6 +309,7 @@ async def complete(request: Request) -> Response:
                 choices[ev.choice].finish_reason = ev.finish_reason
                 choices[ev.choice].completion_tokens = ev.completion_tokens
     finally:
+        watcher.cancel()
         job.cancelled = True
     body = head | {
         "choices": [{"text": ch.text, "index": i, "finish_reason": ch.finish_reason,

@@ -259,6 +259,23 @@ def test_a_cancelled_stream_frees_its_row(server):
     assert time.time() - t0 < 10
 
 
+def test_a_client_that_hangs_up_on_a_plain_request_frees_its_row(server):
+    """Without streaming the server notices the closed connection while it waits (it polls every
+    quarter second) and frees the row."""
+    before = wait_idle(server)["cancelled_rows"]
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    body = json.dumps({"prompt": PROMPT, "max_tokens": 400, "temperature": 0}).encode()
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+    deadline = time.time() + 20
+    while server.get("/health")[1]["rows"] == 0 and time.time() < deadline:
+        time.sleep(0.02)
+    assert server.get("/health")[1]["rows"] == 1
+    sock.close()
+    h = wait_idle(server)
+    assert h["rows"] == 0 and h["cancelled_rows"] == before + 1, h
+
+
 def test_sixteen_clients_at_once(server, tiny):
     """Every request gets a whole, well-formed answer; they share the batch (peak rows > 1); the
     server's resident memory afterwards is within 10% of before."""
