@@ -53,3 +53,4 @@ print(json.dumps({
     "looked_up": {n: sorted(s) for n, s in looked_up.items()},
 }))
 """
+

@@ -6,6 +6,7 @@ error and exit code."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,27 @@ def test_humaneval_command_samples_cuts_runs_and_scores(tmp_path, capsys):
     assert main(args) == 0  # a rerun samples nothing new and scores the same
     assert "0 samples written (12 already there)" in capsys.readouterr().err
     assert humaneval.read_jsonl(out) == results
+
+
+def test_a_cluster_started_with_ray_start_as_readme_says(tmp_path):
+    """README's commands for a real cluster, on one machine: `ray start --head`, then the command
+    with `--ray auto` (it finds the cluster this machine started); the samples equal the
+    one-machine run's. `ray stop` ends the cluster."""
+    with socket.socket() as s:  # a free port for the head
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    prompts = write_prompts(tmp_path / "prompts.jsonl", PROMPTS[:2])
+    here, there = tmp_path / "here.jsonl", tmp_path / "cluster.jsonl"
+    assert main(["sample", str(prompts), "-o", str(here), *ARGS]) == 0
+    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    start = subprocess.run([*ray, "start", "--head", "--port", str(port), "--num-cpus", "2",
+                            "--include-dashboard", "false"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    try:
+        assert start.returncode == 0, start.stderr[-3000:]
+        r = subprocess.run([sys.executable, "-m", "minicodegen", "sample", str(prompts), "-o", str(there), *ARGS,
+                            "--ray", "auto"], cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "Connected to Ray cluster" in r.stderr
+    finally:
+        subprocess.run([*ray, "stop"], capture_output=True, timeout=300)
+    assert samples_of(there) == samples_of(here)
