@@ -8,26 +8,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from serve_helpers import Server
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 PROMPT = "def add(a, b):\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str) -> dict:
@@ -42,34 +34,13 @@ def post_json(url: str, body: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The server's base URL; it runs for the module's tests (its stderr goes to a file)."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("playground") / "server.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "minicodegen", "serve", "--model", "tiny", "--port", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+def server():
+    """The server's base URL; it runs for the module's tests."""
+    s = Server()
     try:
-        deadline = time.monotonic() + 180  # a first start may compile the Numba kernels
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                get_json(url + "/health")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the server did not answer /health within 180 s:\n{log.read_text()}")
-                time.sleep(0.5)
-        yield url
+        yield s.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        s.stop()
 
 
 @pytest.fixture(scope="module")
