@@ -369,9 +369,9 @@ class Engine:
         if r.done:
             q.job.emit(Done(q.choice, "length" if r.done == "length" else "stop", len(r.ids)))
 
-    def _token_logprob(self, z: np.ndarray, tok: int, top: int, lp: np.ndarray | None = None) -> TokenLogprob:
+    def _token_logprob(self, z: np.ndarray, tok: int, top: int) -> TokenLogprob:
         tk = self.model.tokenizer
-        lp = log_softmax(z) if lp is None else lp
+        lp = log_softmax(z)
         alts = np.argsort(-lp, kind="stable")[:top] if top > 0 else []
         return TokenLogprob(tk.decode([tok]), float(lp[tok]), {tk.decode([int(a)]): float(lp[a]) for a in alts})
 

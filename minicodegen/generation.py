@@ -84,19 +84,28 @@ def softmax64(logits: np.ndarray) -> np.ndarray:  # [V] -> [V] float64 probabili
     return e / e.sum()
 
 
+def kept_probs(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> tuple[np.ndarray, np.ndarray]:  # [V] -> [n], [n]
+    """The tokens a draw can give (ascending ids) and their probabilities:
+    softmax(top_p(top_k(logits / temperature))) over the tokens those filters keep."""
+    z = top_p_filter(top_k_filter(logits / np.float32(temperature), top_k), top_p)
+    ids = np.flatnonzero(z != -np.inf)
+    return ids, softmax64(z[ids])
+
+
 def sample_probs(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:  # [V] -> [V]
     """The distribution a token is drawn from: softmax(top_p(top_k(logits / temperature)))."""
-    z = logits / np.float32(temperature)
-    return softmax64(top_p_filter(top_k_filter(z, top_k), top_p))
+    ids, probs = kept_probs(logits, temperature, top_k, top_p)
+    out = np.zeros(len(logits))
+    out[ids] = probs
+    return out
 
 
 def choose(logits: np.ndarray, rng: np.random.Generator, temperature: float, top_k: int, top_p: float) -> int:  # [V] -> id
-    """Greedy when temperature is 0, else one draw (inverse CDF of one uniform number)."""
+    """Greedy when temperature is 0, else one draw (inverse CDF of one uniform number) over the
+    kept tokens only."""
     if temperature == 0.0:
         return int(np.argmax(logits))
-    z = top_p_filter(top_k_filter(logits / np.float32(temperature), top_k), top_p)
-    ids = np.flatnonzero(z != -np.inf)  # the tokens sample_probs gives a probability above 0
-    probs = softmax64(z[ids])
+    ids, probs = kept_probs(logits, temperature, top_k, top_p)
     return int(ids[min(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right"), len(ids) - 1)])
 
 

@@ -158,14 +158,11 @@ def generate_samples(model: Model, tasks: Iterable[Task], settings: Settings, se
 
         return emit
 
-    tok = model.tokenizer
     for task in tasks:  # one job per run of consecutive sample numbers: they share a prefill
-        runs = np.split(np.array(task.samples), np.flatnonzero(np.diff(task.samples) != 1) + 1)
-        for run in runs:
+        ids, entropy = model.tokenizer.encode(task.prompt), task_entropy(seed, task.task_id)
+        for run in np.split(np.array(task.samples), np.flatnonzero(np.diff(task.samples) != 1) + 1):
             part = Task(task.task_id, task.prompt, tuple(int(j) for j in run))
-            job = Job([tok.encode(task.prompt)], len(run), settings, listener(part), entropy=task_entropy(seed, task.task_id),
-                      first=int(run[0]))  # fmt: skip
-            eng.submit(job)
+            eng.submit(Job([ids], len(run), settings, listener(part), entropy=entropy, first=int(run[0])))
     while eng.seqs or eng.waiting:
         eng.step()
         if failures:
