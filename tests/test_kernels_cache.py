@@ -31,8 +31,9 @@ def test_warmup_returns_each_step_and_its_seconds():
 
 def test_warmup_steps_by_dtype():
     common = ["layer norm", "gelu_new", "rotary", "attention (decode)", "attention (prompt)"]
+    packed = ["linear int8 (packed)", "decode block int8 (packed)"] if K.packs(np.zeros((1, 4), np.int8)) else []
     assert cache._steps("int8") == cache._steps(["int8"]) == common + [
-        "linear int8 (decode)", "linear int8 (prompt)", "decode block int8"]
+        "linear int8 (decode)", "linear int8 (prompt)", "decode block int8", *packed]
     assert cache._steps(["float16"]) == cache._steps(["float32", "float16"]) == cache._steps("float32")
     assert cache._steps(None) == list(cache._STEPS) and "linear float16" not in cache._steps(list(K.DTYPES))
     assert set(cache._step_signatures()) == set(cache._STEPS)

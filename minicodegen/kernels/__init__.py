@@ -23,6 +23,8 @@ Modules, each importing only from those above it:
   the group dot product, the prompt kernel, and its steps for integer's decode kernels.
 * ``qgemm``: prompts on dot-product instructions (int8 panels for AVX512-VNNI, bf16 for
   AVX512-BF16) and ``linear_int8_rows``, the wrapper of the integer kernels.
+* ``packed``: int8 weights packed once into those panels (``pack_int8``, ``packs``), for
+  prompts and for decode steps of a batch (``linear_int8_packed`` and the fused block's steps).
 * ``gemv``: decode matrix-vector products and the public ``linear*`` functions.
 * ``attention``: ``attend_cached``, softmax attention over the KV cache (decode and prompt).
 * ``elementwise``: ``layer_norm``, ``gelu_new``, ``apply_rotary``.
@@ -63,7 +65,8 @@ Conventions (shared with ``minicodegen.ops`` and ``minicodegen.model``):
   (``np.float16``) are widened exactly too.
 * int8 weights are ``Wq int8 [n_out, n_in]`` plus ``scale float32 [n_out]``
   (symmetric, per output channel): ``y = (x @ Wq.T) * scale + b``, which equals
-  ``x @ (Wq * scale[:, None]).T + b`` up to float32 rounding.
+  ``x @ (Wq * scale[:, None]).T + b`` up to float32 rounding.  On AVX512-VNNI the model
+  hands the kernels the same weights packed (``pack_int8``: int32 ``[n_out / 64, n_in / 4, 64]``).
 * Weights may be read-only (memory-mapped) or unaligned.  The public wrappers
   mark every input read-only before calling a kernel, so one compiled
   specialization serves both ordinary and memory-mapped arrays.
@@ -98,6 +101,7 @@ from __future__ import annotations
 # The modules in the order they build on each other; threads first: importing it starts the pool.
 from .threads import get_threads, set_threads  # noqa: I001
 from .arrays import release_scratch
+from .packed import linear_int8_packed, pack_int8, packs
 from .gemv import (PREFETCH_BF16, PREFETCH_F32, PREFETCH_INT8, STREAM_MAX_T, linear, linear_bf16, linear_f16,
                    linear_f32, linear_int4, linear_int8)
 from .attention import ATTEND_BLOCK_MIN_T, attend_cached
@@ -112,6 +116,9 @@ __all__ = [
     "linear_int4",
     "linear_int8",
     "linear_f16",
+    "linear_int8_packed",
+    "pack_int8",
+    "packs",
     "attend_cached",
     "layer_norm",
     "gelu_new",

@@ -44,12 +44,13 @@ import numba
 import numpy as np
 from numba import types
 
-from . import attention, decode, elementwise, gemv, int4, integer, prefill, qgemm
+from . import attention, decode, elementwise, gemv, int4, integer, packed, prefill, qgemm
 from .cpu import IsaType
 from .attention import ATTEND_BLOCK_MIN_T, attend_cached
 from .decode import decode_block
 from .elementwise import apply_rotary, gelu_new, layer_norm
 from .gemv import STREAM_MAX_T, linear_bf16, linear_f16, linear_f32, linear_int4, linear_int8
+from .packed import linear_int8_packed, pack_int8
 
 # Weight dtypes of a checkpoint (npz.DTYPES).
 DTYPES = ("float32", "bfloat16", "int8", "int4", "float16")
@@ -155,14 +156,23 @@ def _linear(dtype: str, T: int, int8_activations: bool = True, n: int = _N_IN, b
             linear_f16(x, W, b)
 
 
+def _linear_packed() -> None:
+    """linear_int8_packed (int8 weights packed into panels, as the model hands them to the kernels on
+    AVX512-VNNI; one kernel for any number of rows), without and with a bias."""
+    x = np.random.default_rng(1).standard_normal((2, _N_IN), dtype=np.float32)
+    Wp = pack_int8(_weights("int8"))
+    for b in (None, np.zeros(_N_OUT, np.float32)):
+        linear_int8_packed(x, Wp, np.ones(_N_OUT, np.float32), b)
+
+
 def _int4_scale(W: np.ndarray) -> np.ndarray:
     """float16 scales of one group of INT4_GROUP weights for the int4 codes W."""
     return np.ones((W.shape[0], 2 * W.shape[1] // INT4_GROUP), np.float16)
 
 
-def _block(dtype: str, int8_activations: bool = True) -> None:
+def _block(dtype: str, int8_activations: bool = True, pack: bool = False) -> None:
     """The fused decode block (E = 16, 4 heads, n_inner = 32; int4: E = 64, n_inner = 128) with
-    weights of ``dtype``."""
+    weights of ``dtype`` (``pack``: int8 packed into panels)."""
     E, H, n_inner = (64, 4, 128) if dtype == "int4" else (16, 4, 32)
     w = _weights(dtype)
 
@@ -177,6 +187,8 @@ def _block(dtype: str, int8_activations: bool = True) -> None:
         layer |= {n + ".scale": np.ones(layer[n].shape[0], np.float32) for n in list(layer) if layer[n].ndim == 2}
     if w.dtype == np.uint8:
         layer |= {n + ".scale": _int4_scale(layer[n]) for n in list(layer) if layer[n].ndim == 2}
+    if pack:
+        layer |= {n: pack_int8(m) for n, m in layer.items() if m.ndim == 2}
     kv = np.zeros((1, H, 2, E // H), np.float32)
     decode_block(np.zeros((1, E), np.float32), layer, 1e-5, np.zeros((1, 2), np.float32), 2, H, kv, kv.copy(), 1,
                  np.ones((1, 1), bool), int8_activations=int8_activations)
@@ -201,6 +213,7 @@ def _rotary() -> None:
 
 
 _E = 8
+_VNNI = packed.INT8_ISA.name == "avx512_vnni"  # (packed int8 weights: this CPU only)
 _STEPS: dict[str, Callable[[], object]] = {  # step -> what it runs
     "layer norm": lambda: layer_norm(np.random.default_rng(0).standard_normal((2, _E), dtype=np.float32),
                                      np.ones(_E, np.float32), np.zeros(_E, np.float32), 1e-5),
@@ -216,6 +229,8 @@ _STEPS: dict[str, Callable[[], object]] = {  # step -> what it runs
     "linear int8 (decode)": lambda: _linear("int8", 1),
     "linear int8 (prompt)": lambda: (_linear("int8", STREAM_MAX_T + 1), _linear("int8", STREAM_MAX_T + 1, n=64)),
     "decode block int8": lambda: _block("int8"),
+    **({"linear int8 (packed)": _linear_packed, "decode block int8 (packed)": lambda: _block("int8", pack=True)}
+       if _VNNI else {}),
     "linear int4 (decode)": lambda: _linear("int4", 1, n=2 * INT4_GROUP),
     "linear int4 (prompt)": lambda: _linear("int4", STREAM_MAX_T + 1, n=2 * INT4_GROUP),
     "decode block int4": lambda: _block("int4"),
@@ -232,12 +247,17 @@ _STEPS: dict[str, Callable[[], object]] = {  # step -> what it runs
 # weights as they are, which no model calls) is warmed only by warmup() for all dtypes, and so are
 # the float-activation kernels of int8 weights (Model.int8_activations = "float32") and the
 # bf16-activation prompt kernels of bf16 weights (kernels.linear_bf16(..., bf16_activations=True)).
+# On AVX512-VNNI a model hands the kernels its int8 matrices packed (model.fast_weights): int8 models
+# run the packed steps (the plain ones stay, for kernels.linear on unpacked weights), int4 models
+# their int8 head through linear int8 (packed).
+_PACKED = ["linear int8 (packed)", "decode block int8 (packed)"] if _VNNI else []
 _COMMON = ["layer norm", "gelu_new", "rotary", "attention (decode)", "attention (prompt)"]
 _BY_DTYPE = {
     "float32": ["linear float32", "decode block float32"],
     "bfloat16": ["linear bfloat16 (decode)", "linear bfloat16 (prompt)", "decode block bfloat16"],
-    "int8": ["linear int8 (decode)", "linear int8 (prompt)", "decode block int8"],
-    "int4": ["linear int4 (decode)", "linear int4 (prompt)", "decode block int4", "linear int8 (decode)"],  # (head: int8)
+    "int8": ["linear int8 (decode)", "linear int8 (prompt)", "decode block int8", *_PACKED],
+    "int4": ["linear int4 (decode)", "linear int4 (prompt)", "decode block int4",
+             "linear int8 (packed)" if _PACKED else "linear int8 (decode)"],  # (head: int8)
     "float16": ["linear float32", "decode block float32"],
 }
 
@@ -298,7 +318,7 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
     def streamed(dt):  # T <= STREAM_MAX_T, without and with a bias
         return [(gemv._gemv, (a(2), W[dt], scale[dt], b, out2, i64)) for b in (none, a(1))]
 
-    def packed(dt):  # T > STREAM_MAX_T (the bias is always an array)
+    def prefill_panels(dt):  # T > STREAM_MAX_T (the bias is always an array)
         return [(prefill._pack_tokens, (a(2), out3, a(1))),
                 (prefill._gemm_panels, (a(3), i64, W[dt], scale[dt], a(1), out2, out3, out4))]
 
@@ -327,21 +347,26 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
         "linear float32": streamed("float32"),
         "decode block float32": fused("float32"),
         "linear bfloat16 (decode)": streamed("bfloat16"),
-        "linear bfloat16 (prompt)": packed("bfloat16"),
+        "linear bfloat16 (prompt)": prefill_panels("bfloat16"),
         "decode block bfloat16": fused("bfloat16"),
         "linear int8 (decode)": integer_rows(integer._qgemv, i64, i8),
         "linear int8 (prompt)": integer_rows(qgemm._qgemm, i8) + (integer_rows(qgemm._qgemm_vnni, i8)[1:] if vnni else []),
         "decode block int8": fused("int8", i8),
+        **({"linear int8 (packed)": [quantize] + [(packed._qgemm_packed, (a(2, types.int8), a(1, i32), a(1),
+                                                                         a(3, i32), a(1), b, out2)) for b in (none, a(1))],
+            "decode block int8 (packed)": [(decode._decode_block, (out2, a(1), a(1), f64, *(a(3, i32), a(1)) * 3, a(1),
+                                                                   a(3, i32), a(1), a(1), a(2), i64, i64, i64, out4,
+                                                                   out4, i64, mask, i64, i8))]} if _VNNI else {}),
         "linear int4 (decode)": int4_rows(int4._q4gemv, i64, q4),
         "linear int4 (prompt)": int4_rows(int4._q4gemm, q4),
         "decode block int4": fused("int4", q4),
         "linear int8, float activations (decode)": streamed("int8"),
-        "linear int8, float activations (prompt)": packed("int8"),
+        "linear int8, float activations (prompt)": prefill_panels("int8"),
         "decode block int8, float activations": fused("int8"),
         "linear bfloat16, bf16 activations (prompt)": (
             [(qgemm._round_bf16, (a(2), a(2, types.uint16, readonly=False)))]
             + [(qgemm._gemm_bf16dp, (a(2, types.uint16), W["bfloat16"], b, out2)) for b in (none, a(1))]
-            if qgemm.BF16_ISA.name == "avx512_bf16" else packed("bfloat16")),
+            if qgemm.BF16_ISA.name == "avx512_bf16" else prefill_panels("bfloat16")),
         "linear float16": [(gemv._gemv_f16, (a(2), a(2, types.uint16), b, out2, i64)) for b in (none, a(1))],
     }
 
@@ -355,16 +380,18 @@ def _model_signatures(dtype: str, prompt_tokens: int) -> list[tuple[Callable, tu
     sig = _step_signatures()
     dt = "float32" if dtype == "float16" else dtype  # float16 checkpoints are widened at load
     head = "linear float32" if dt == "float32" else f"linear {'int8' if dt == 'int4' else dt} (decode)"  # (int4 files: int8 head)
-    out = sig["layer norm"] + sig[f"decode block {dt}"] + sig[head]  # ln_f, the blocks, lm_head
+    if _PACKED and dt in ("int8", "int4"):
+        head = "linear int8 (packed)"
+    block = f"decode block {dt}" + (" (packed)" if _PACKED and dt == "int8" else "")
+    out = sig["layer norm"] + sig[block] + sig[head]  # ln_f, the blocks, lm_head
     T = prompt_tokens
     if T > 1:  # the prompt, block by block (boolean mask, no additive bias)
         out += sig["gelu_new"] + sig["rotary"][:1]
         out += sig["attention (prompt)" if T >= ATTEND_BLOCK_MIN_T else "attention (decode)"][:1]
-        if T > STREAM_MAX_T and dt != "float32":  # float32 prompts go to BLAS
-            prompt = sig[f"linear {dt} (prompt)"]
-            if dt == "int8":  # CodeGen's n_in are multiples of 64: the VNNI kernel where it runs, else _qgemm
-                prompt = prompt[:1] + prompt[-2:]
-            out += prompt
+        if _PACKED and dt == "int8":
+            pass  # (any number of rows: the head's kernel)
+        elif T > STREAM_MAX_T and dt != "float32":  # float32 prompts go to BLAS
+            out += sig[f"linear {dt} (prompt)"]
     return out
 
 

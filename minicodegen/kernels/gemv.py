@@ -20,6 +20,7 @@ from numba import njit, prange
 
 from .arrays import _check_w, _prep_vec, _prep_x, _ro
 from .int4 import linear_int4 as _linear_int4
+from .packed import linear_int8_packed
 from .qgemm import bf16_rows_apply, linear_bf16_rows, linear_int8_rows
 from .prefill import _prefill_linear
 from .simd import _dot, _dot_f16, _dot_operand, _prefetch
@@ -271,8 +272,9 @@ def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None,
            bf16_activations: bool = False) -> np.ndarray:
     """Dispatch on the weight dtype: float32 -> linear_f32, uint16 (bf16 bits)
     -> linear_bf16 (with ``bf16_activations``), int8 (needs ``scale``) -> linear_int8 (with
-    ``int8_activations``), uint8 (int4 codes, needs ``scale``) -> linear_int4, float16 ->
-    linear_f16."""
+    ``int8_activations``), int32 [P, n_in / 4, 64] (int8 packed by packed.pack_int8, needs
+    ``scale``) -> packed.linear_int8_packed, uint8 (int4 codes, needs ``scale``) -> linear_int4,
+    float16 -> linear_f16."""
     if W.dtype == np.float32:
         return linear_f32(x, W, b)
     if W.dtype == np.uint16:
@@ -281,6 +283,10 @@ def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None,
         return linear_int8(x, W, scale, b, int8_activations)
     if W.dtype == np.uint8:
         return linear_int4(x, W, scale, b)
+    if W.dtype == np.int32 and W.ndim == 3:
+        if not int8_activations:
+            raise ValueError("packed int8 weights multiply int8 activations only (int8_activations=True)")
+        return linear_int8_packed(x, W, scale, b)
     if W.dtype == np.float16:
         return linear_f16(x, W, b)
     raise TypeError(f"unsupported weight dtype {W.dtype}")

@@ -152,19 +152,21 @@ class _BFloat(ir.Type):
         return hash("bfloat")
 
 
-@intrinsic
-def _dp_tile(typingctx, Wp, q0, q1, xq, t0, C, acc_in):
+@intrinsic(prefer_literal=True)
+def _dp_tile(typingctx, Wp, q0, q1, xq, t0, C, acc_in, mr, pf):
     """C[t0 + a, r] (+)= sum_{q0 <= q < q1} (the products in the 4 bytes of Wp[q, r] and of
-    x[t0 + a, 4-byte group q]) for a < 6, r < 64; acc_in: add to C's values.  int8 x and int32 C:
-    vpdpbusd (AVX512-VNNI; Wp holds w + 128 as unsigned bytes); uint16 = bf16 x and float32 C:
+    x[t0 + a, 4-byte group q]) for a < mr, r < 64 (mr: a literal, 1 .. 6); acc_in: add to C's
+    values; pf > 0: prefetch Wp's lines pf bytes ahead (a panel streamed from memory).  int8 x and int32 C: vpdpbusd (AVX512-VNNI; Wp holds w + 128 as unsigned bytes); uint16 = bf16 x and float32 C:
     vdpbf16ps (AVX512-BF16; sums rounded to float32 after each pair of products).  Wp int32
-    [n_groups, 64], xq [>= t0 + 6, n], C [>= t0 + 6, 64]; the caller checks the bounds."""
-    if not (_is_matrix(Wp, types.int32) and isinstance(xq, types.Array) and xq.ndim == 2 and xq.layout == "C"
+    [n_groups, 64], xq [>= t0 + mr, n], C [>= t0 + mr, 64]; the caller checks the bounds."""
+    if not (isinstance(mr, types.IntegerLiteral) and 1 <= mr.literal_value <= _MR and _is_matrix(Wp, types.int32)
+            and isinstance(xq, types.Array) and xq.ndim == 2 and xq.layout == "C"
             and isinstance(C, types.Array) and C.ndim == 2 and C.layout == "C"
             and (xq.dtype, C.dtype) in ((types.int8, types.int32), (types.uint16, types.float32))
-            and all(isinstance(v, types.Integer) for v in (q0, q1, t0)) and isinstance(acc_in, types.Boolean)):
+            and all(isinstance(v, types.Integer) for v in (q0, q1, t0, pf)) and isinstance(acc_in, types.Boolean)):
         return None
     bf16 = xq.dtype == types.uint16
+    MR = mr.literal_value
 
     def codegen(context, builder, sig, args):
         i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -173,6 +175,9 @@ def _dp_tile(typingctx, Wp, q0, q1, xq, t0, C, acc_in):
         cp, ldc = _i8_matrix(context, builder, sig.args[5], args[5])
         q0_, q1_, t0_ = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, 2, 4))
         add_to_c = context.cast(builder, args[6], sig.args[6], types.boolean)
+        pf_bytes = context.cast(builder, args[8], sig.args[8], types.int64)
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]), "llvm.prefetch.p0i8")
         if bf16:
             vacc, vop = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_BFloat(), 32)
             name, zero = "llvm.x86.avx512bf16.dpbf16ps.512", ir.Constant(ir.VectorType(ir.FloatType(), 16), [0.0] * 16)
@@ -185,29 +190,33 @@ def _dp_tile(typingctx, Wp, q0, q1, xq, t0, C, acc_in):
             row = builder.gep(cp, [builder.mul(builder.add(t0_, ir.Constant(i64, a)), ldc)])
             return builder.bitcast(builder.gep(row, [ir.Constant(i64, 64 * s)]), vacc.as_pointer())
 
-        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(4)] for _ in range(_MR)]
-        for a in range(_MR):
+        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(4)] for _ in range(MR)]
+        for a in range(MR):
             for s in range(4):
                 builder.store(builder.select(add_to_c, builder.load(c_at(a, s), align=1), zero), accs[a][s])
-        xrows = [builder.gep(xp, [builder.mul(builder.add(t0_, ir.Constant(i64, a)), ldx)]) for a in range(_MR)]
+        xrows = [builder.gep(xp, [builder.mul(builder.add(t0_, ir.Constant(i64, a)), ldx)]) for a in range(MR)]
         splat = ir.Constant(_V16, [0] * 16)
         with cgutils.for_range_slice(builder, q0_, q1_, ir.Constant(i64, 1)) as (q, _):
             wrow = builder.gep(wp, [builder.mul(q, ldw)])
+            with builder.if_then(builder.icmp_signed(">", pf_bytes, ir.Constant(i64, 0))):
+                for s in range(4):  # (read, into L2, data), as integer._idot
+                    at = builder.gep(wrow, [builder.add(pf_bytes, ir.Constant(i64, 64 * s))])
+                    builder.call(prefetch, [at, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
             w = [builder.bitcast(builder.load(builder.bitcast(builder.gep(wrow, [ir.Constant(i64, 64 * s)]),
                                                               _V16.as_pointer()), align=1), vop) for s in range(4)]
-            for a in range(_MR):
+            for a in range(MR):
                 x4 = builder.load(builder.bitcast(builder.gep(xrows[a], [builder.mul(q, ir.Constant(i64, 4))]),
                                                   i32.as_pointer()), align=1)
                 xv = builder.insert_element(ir.Constant(_V16, ir.Undefined), x4, ir.Constant(i32, 0))
                 xb = builder.bitcast(builder.shuffle_vector(xv, xv, splat), vop)  # the 4 bytes in every lane
                 for s in range(4):
                     builder.store(builder.call(dp, [builder.load(accs[a][s]), w[s], xb]), accs[a][s])
-        for a in range(_MR):
+        for a in range(MR):
             for s in range(4):
                 builder.store(builder.load(accs[a][s]), c_at(a, s), align=1)
         return context.get_dummy_value()
 
-    return types.void(Wp, q0, q1, xq, t0, C, acc_in), codegen
+    return types.void(Wp, q0, q1, xq, t0, C, acc_in, mr, pf), codegen
 
 
 @njit(inline="always")
@@ -218,15 +227,23 @@ def _panel_sums(W, j0, x, T, C):  # pragma: no cover - compiled
     x (float32 C)."""
     n = W.shape[1]
     per = 4 // W.itemsize  # weights in a 4-byte group
-    nq = n // per
-    Wp = np.empty((nq, _NR), np.int32)
+    Wp = np.empty((n // per, _NR), np.int32)
     for s in range(0, _NR, 16):
         for k0 in range(0, n, 16 * per):
             _pack16(W, j0 + s, k0, Wp, s)
+    _tile_sums(Wp, x, T, C)
+
+
+@njit(inline="always")
+def _tile_sums(Wp, x, T, C):  # pragma: no cover - compiled
+    """C[t, r] = the sums of products of row t of x with column r of the packed panel Wp
+    [n_groups, 64] for t < T (x and C hold T rounded up to 6 rows): _dp_tile over blocks of _TB rows
+    of x and chunks of _KQ 4-byte groups."""
+    nq = Wp.shape[0]
     for tb in range(0, T, _TB):
         for q0 in range(0, nq, _KQ):
             for t0 in range(tb, min(tb + _TB, T), _MR):
-                _dp_tile(Wp, q0, min(q0 + _KQ, nq), x, t0, C, q0 > 0)
+                _dp_tile(Wp, q0, min(q0 + _KQ, nq), x, t0, C, q0 > 0, 6, 0)
 
 
 @njit(parallel=True, error_model="numpy", cache=True)

@@ -1,0 +1,175 @@
+"""int8 weights packed once into VNNI panels (CPUs with AVX512-VNNI): ``pack_int8``, ``packs``,
+``linear_int8_packed`` (any number of rows of x), and the fused decode block's
+``_qgemv_pair_packed`` / ``_qgemv_sum_into_packed``.
+
+The panel is the one qgemm._qgemm_vnni builds per call for a prompt (see the section comment there):
+
+    Wp[p, q, r] = the 4 bytes W[64p + r, 4q .. 4q + 3], each XOR 0x80 (w + 128, unsigned)
+
+so that one vpdpbusd adds 4 bytes of one row of x into 16 outputs, with no sums across lanes at the
+end; rows past n_out hold w = 0.  Built once per model (model.fast_weights), the panels serve a
+prompt without repacking and, more to the point, a decode step of a batch: B rows of x (in tiles of
+6 rows and one of the rest) against each panel as it streams in.  The row kernels of integer.py
+(dot products along n_in, summed across lanes per output) reach 1.5-1.8 vpdpbusd per ns and core
+at B = 8; the panel tile reaches 3.9 (350M fc_in for 6 rows: 0.217 ms -> 0.115 ms, hot in L3, 2
+threads).  Packing the 350M int8 weights takes about 0.3 s and a copy of them in memory (the
+checkpoint's arrays stay, memory-mapped by default, for the NumPy definition and for float
+activations).
+
+Tested against (tests/test_kernels_packed.py): ``ops.linear_int8_rows`` bit for bit for T = 1 .. 37
+and shapes with a partial last panel; the fused decode block with packed weights against the same
+block with the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .arrays import _check_w, _prep_vec, _prep_x, _ro
+from .integer import INT8_ISA, _out, _quantize_few, _quantize_rows
+from .qgemm import _KQ, _MR, _NR, _TB, _dp_tile
+
+PANEL = _NR  # outputs per panel
+PREFETCH = 4096  # bytes ahead in the panel that the first tile of rows prefetches (into L2)
+
+
+def packs(W: np.ndarray) -> bool:
+    """Whether int8 weights W [n_out, n_in] are packed for this CPU: AVX512-VNNI (``INT8_ISA``)
+    and n_in a multiple of 4 (at most 65536, for exact int32 sums)."""
+    return (INT8_ISA.name == "avx512_vnni" and W.dtype == np.int8 and W.ndim == 2 and W.shape[1] % 4 == 0
+            and 0 < W.shape[1] <= 65536 and W.shape[0] > 0)
+
+
+def pack_int8(W: np.ndarray) -> np.ndarray:  # [n_out, n_in] int8 -> [ceil(n_out / 64), n_in / 4, 64] int32
+    """The panels of W (see the module docstring).
+
+    >>> W = np.arange(8, dtype=np.int8).reshape(1, 8)
+    >>> Wp = pack_int8(W)
+    >>> Wp.shape, Wp[0, :, 0].view(np.uint8).tolist(), Wp[0, 0, 1].view(np.uint8).tolist()
+    ((1, 2, 64), [128, 129, 130, 131, 132, 133, 134, 135], [128, 128, 128, 128])
+    """
+    W = _check_w(W, np.int8, "W")
+    n_out, n_in = W.shape
+    if n_in % 4:
+        raise ValueError(f"pack_int8 takes n_in a multiple of 4, got W of shape {W.shape}")
+    P, nq = -(-n_out // PANEL), n_in // 4
+    u = np.full((P * PANEL, nq), -2139062144, np.int32)  # 0x80808080: w = 0 past n_out
+    np.bitwise_xor(W.view(np.int32), np.int32(-2139062144), out=u[:n_out])
+    return np.ascontiguousarray(u.reshape(P, PANEL, nq).transpose(0, 2, 1))
+
+
+def check_packed(Wp: np.ndarray, n_out: int, n_in: int, name: str) -> np.ndarray:
+    """Wp as the kernels take it: int32 C-contiguous [ceil(n_out / 64), n_in / 4, 64], on a CPU
+    with AVX512-VNNI."""
+    if INT8_ISA.name != "avx512_vnni":
+        raise ValueError(f"{name}: packed int8 weights need AVX512-VNNI; this CPU's integer dot product is "
+                         f"{INT8_ISA.name}")
+    shape = (-(-n_out // PANEL), n_in // 4, PANEL)
+    if not (isinstance(Wp, np.ndarray) and Wp.dtype == np.int32 and Wp.shape == shape and Wp.flags.c_contiguous):
+        got = f"{Wp.dtype} {Wp.shape}" if isinstance(Wp, np.ndarray) else type(Wp).__name__
+        raise ValueError(f"{name}: packed int8 weights must be C-contiguous int32 {shape} for "
+                         f"[{n_out}, {n_in}], got {got}")
+    return _ro(Wp)
+
+
+# ---------------------------------------------------------------------------
+# The kernels: each thread takes whole panels; for a panel, the rows of x go in tiles of 6 (and one
+# of the rest: no padding rows), blocks of _TB rows and chunks of _KQ 4-byte groups, as in
+# qgemm._tile_sums.  The weights' offset comes off per row: - 128 * sum_i xq[t, i].
+# ---------------------------------------------------------------------------
+
+
+@njit(inline="always")
+def _tile(Wp, q0, q1, x, t0, C, acc_in, m, pf):  # pragma: no cover - compiled
+    """_dp_tile for m rows (1 .. 6), m known only at run time."""
+    if m == 6:
+        _dp_tile(Wp, q0, q1, x, t0, C, acc_in, 6, pf)
+    elif m == 5:
+        _dp_tile(Wp, q0, q1, x, t0, C, acc_in, 5, pf)
+    elif m == 4:
+        _dp_tile(Wp, q0, q1, x, t0, C, acc_in, 4, pf)
+    elif m == 3:
+        _dp_tile(Wp, q0, q1, x, t0, C, acc_in, 3, pf)
+    elif m == 2:
+        _dp_tile(Wp, q0, q1, x, t0, C, acc_in, 2, pf)
+    else:
+        _dp_tile(Wp, q0, q1, x, t0, C, acc_in, 1, pf)
+
+
+@njit(inline="always")
+def _panel(Wp, xq, xsum, sx, p, scale, b, y, C):  # pragma: no cover - compiled
+    """Columns 64p .. 64p + 63 of y = (xq @ W.T) * (sx[:, None] * scale) [+ b] (those < n_out),
+    from panel p of Wp; C [T, 64] int32 scratch."""
+    T, n_out = y.shape
+    nq = Wp.shape[1]
+    for tb in range(0, T, _TB):
+        te = min(tb + _TB, T)
+        for q0 in range(0, nq, _KQ):
+            for t0 in range(tb, te, _MR):  # (the first tile streams the chunk in: it prefetches)
+                _tile(Wp[p], q0, min(q0 + _KQ, nq), xq, t0, C, q0 > 0, min(_MR, te - t0), PREFETCH if t0 == tb else 0)
+    j0 = p * PANEL
+    for t in range(T):
+        off = 128 * xsum[t]
+        for r in range(min(PANEL, n_out - j0)):
+            _out(C[t, r] - off, t, j0 + r, sx, scale, b, y)
+
+
+@njit(parallel=True, error_model="numpy", cache=True)
+def _qgemm_packed(xq, xsum, sx, Wp, scale, b, y):  # pragma: no cover - compiled
+    """y = (xq @ W.T) * (sx[:, None] * scale) [+ b]: xq [T, n] int8 (row sums xsum, scales sx), Wp
+    the panels of W [n_out, n] (n_out = y.shape[1]), scale [n_out], b [n_out] or None."""
+    for p in prange(Wp.shape[0]):
+        _panel(Wp, xq, xsum, sx, p, scale, b, y, np.empty((y.shape[0], PANEL), np.int32))
+
+
+@njit(parallel=True, error_model="numpy", cache=True)
+def _qgemv_pair_packed(x, W1, s1, y1, W2, s2, b2, y2):  # pragma: no cover - compiled
+    """integer._qgemv_pair with packed weights: y1 = x @ W1.T * s1, y2 = x @ W2.T * s2 + b2, x [B,
+    n_in] float32 quantized per row once; one parallel loop over the panels of both."""
+    xq, sx, xsum = _quantize_few(x)
+    P1 = W1.shape[0]
+    for p in prange(P1 + W2.shape[0]):
+        C = np.empty((x.shape[0], PANEL), np.int32)
+        if p < P1:
+            _panel(W1, xq, xsum, sx, p, s1, None, y1, C)
+        else:
+            _panel(W2, xq, xsum, sx, p - P1, s2, b2, y2, C)
+
+
+@njit(parallel=True, error_model="numpy", cache=True)
+def _qgemv_sum_into_packed(x, a, W1, s1, hidden, W2, s2, b2, u, v):  # pragma: no cover - compiled
+    """integer._qgemv_sum_into with packed weights: x += a @ W1.T * s1 + (hidden @ W2.T * s2 + b2);
+    W1 and W2 have the same panels of outputs (E), taken together; u, v [B, E] scratch."""
+    aq, sa, asum = _quantize_few(a)
+    hq, sh, hsum = _quantize_few(hidden)
+    for p in prange(W1.shape[0]):
+        C = np.empty((x.shape[0], PANEL), np.int32)
+        _panel(W1, aq, asum, sa, p, s1, None, u, C)
+        _panel(W2, hq, hsum, sh, p, s2, b2, v, C)
+    for t in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            x[t, j] = x[t, j] + (u[t, j] + v[t, j])
+
+
+def linear_int8_packed(x: np.ndarray, Wp: np.ndarray, scale: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """``ops.linear_int8_rows(x, W, scale, b)`` from ``Wp = pack_int8(W)``: x [..., n_in] float32
+    quantized per row, then the panels; the same result, bit for bit, as the kernels of the
+    unpacked W, for any number of rows."""
+    if not (isinstance(Wp, np.ndarray) and Wp.ndim == 3):
+        raise ValueError(f"Wp must be packed int8 weights (pack_int8), got {getattr(Wp, 'shape', type(Wp).__name__)}")
+    scale = _prep_vec(scale, np.size(scale), "scale")
+    if scale is None:
+        raise ValueError("linear_int8_packed needs a per-row scale")
+    n_out, n_in = scale.shape[0], Wp.shape[1] * 4
+    Wp = check_packed(Wp, n_out, n_in, "Wp")
+    x2, lead = _prep_x(x, n_in)
+    b = _prep_vec(b, n_out, "b")
+    T = x2.shape[0]
+    xq = np.empty((T, n_in), np.int8)
+    sx = np.empty(T, np.float32)
+    xsum = np.empty(T, np.int32)
+    _quantize_rows(_ro(x2), xq, sx, xsum)
+    y = np.empty((T, n_out), np.float32)
+    _qgemm_packed(_ro(xq), _ro(xsum), _ro(sx), Wp, scale, b, y)
+    return y.reshape(*lead, n_out)
