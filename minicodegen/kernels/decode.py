@@ -22,7 +22,7 @@ from numba.extending import overload
 
 from .arrays import _check_w, _prep_vec, _ro
 from .attention import _attend_query
-from .elementwise import _gelu_new, _layer_norm_row, _rotate
+from .elementwise import _gelu_new, _layer_norm, _rotate
 from .gemv import PREFETCH_BF16, PREFETCH_F32, PREFETCH_INT4, PREFETCH_INT8, _dot_rows, _gemv_step
 from .int4 import Q4Type, _q4gemv_pair, _q4gemv_sum_into, check_int4, q4_kind
 from .integer import INT8_ISA, _qgemv_pair, _qgemv_sum_into
@@ -197,8 +197,7 @@ def _decode_block(x, ln_g, ln_b, eps, W_qkv, s_qkv, W_out, s_out, W_in, s_in, b_
     products (integer.py, int4.py)."""
     B, E = x.shape
     h = np.empty_like(x)
-    for t in range(B):  # (a few rows: a parallel loop would cost more than it saves)
-        _layer_norm_row(x[t], ln_g, ln_b, eps, h[t])
+    _layer_norm(x, ln_g, ln_b, eps, h)  # (rows in parallel; the same rounding for any number of rows)
     qkv = np.empty((B, _n_out(W_qkv, s_qkv)), np.float32)
     hidden = np.empty((B, _n_out(W_in, s_in)), np.float32)
     _pair(h, W_qkv, s_qkv, qkv, W_in, s_in, b_in, hidden, pf, isa)

@@ -3,7 +3,7 @@
 Kernels: ``_layer_norm`` (``_layer_norm_row``; statistics in float64), ``_gelu_new``
 (``_gelu_scalar``: the tanh GELU as x / (1 + exp(-2u)) with ``simd._exp_f32``), ``_rotary``
 (``_rotate``: one head, no fused multiply-add).  The fused decode block reuses
-``_layer_norm_row``, ``_gelu_scalar`` and ``_rotate``.
+``_layer_norm``, ``_gelu_new`` and ``_rotate``.
 
 Tested against (tests/test_kernels_elementwise.py): ``ops.layer_norm`` and the float64
 ``(x - mean) / sqrt(var + eps) * g + b``; ``ops.gelu_new`` and the float64
