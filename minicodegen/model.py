@@ -383,10 +383,11 @@ def forward(
     if model.int8_activations not in INT8_ACTIVATIONS:
         raise ValueError(f"model.int8_activations must be one of {', '.join(INT8_ACTIVATIONS)}, got {model.int8_activations!r}")
     q8 = model.int8_activations == "int8"
-    weights = fast_weights(model) if model.fast else model.weights
     past = cache.length if cache is not None else 0
     ids = check_input_ids(cfg, input_ids, past)
     B, T = ids.shape
+    packed = model.fast and T == 1 and trace is None and B >= PACK_MIN_ROWS  # (see fast_weights)
+    weights = fast_weights(model, packed)
     mask = np.ones((B, T), np.int8) if attention_mask is None else np.asarray(attention_mask)
     if mask.shape != (B, T):
         raise ValueError(f"attention_mask has shape {mask.shape}, expected {(B, T)} like input_ids")
@@ -409,7 +410,7 @@ def forward(
     if trace is not None:
         trace |= {"input_ids": ids, "position_ids": pos, "wte": x}
     if model.fast and T == 1 and trace is None:  # decoding: one fused kernel call per block
-        x = kernels.decode_layers(x.reshape(B, cfg.n_embd).copy(), decode_plan(model), cfg.layer_norm_epsilon,
+        x = kernels.decode_layers(x.reshape(B, cfg.n_embd).copy(), decode_plan(model, packed), cfg.layer_norm_epsilon,
                                   sincos[:, 0], cfg.rotary_dim, cfg.n_head, cache.k, cache.v, past + 1,
                                   cache.mask[:, : past + 1] != 0).reshape(B, 1, cfg.n_embd)
     else:
@@ -439,37 +440,45 @@ def forward(
     return logits.astype(np.float32, copy=False)
 
 
-def decode_plan(model: "Model") -> list[tuple]:
-    """Each block's weights as kernels.decode_weights checks and orders them, made once per model
-    (checking them at every step cost about 25 µs a block) and made again with ``fast_weights``."""
-    w = fast_weights(model)
+def decode_plan(model: "Model", packed: bool = False) -> list[tuple]:
+    """Each block's weights (``fast_weights(model, packed)``) as kernels.decode_weights checks and
+    orders them, made once per model and kind (checking them at every step cost about 25 µs a
+    block) and made again if the weights have gained or lost a name or had an array replaced."""
+    w = fast_weights(model, packed)
     q8 = model.int8_activations == "int8"
-    cached = model._decode_plan
-    if cached is not None and cached[0] is w and cached[1] == q8:
+    cached = model._decode_plans.get(packed)
+    if cached is not None and cached[1] == q8 and _same_arrays(w, cached[0]):
         return cached[2]
     layers = [[f"transformer.h.{i}.{n}" for n in _BLOCK_WEIGHTS if f"transformer.h.{i}.{n}" in w]
               for i in range(model.config.n_layer)]
     plan = [kernels.decode_weights({n.split(".", 3)[3]: w[n] for n in layer}, model.config.n_embd, q8) for layer in layers]
-    model._decode_plan = (w, q8, plan)
+    model._decode_plans[packed] = (list(w.values()), q8, plan)
     return plan
 
 
-def fast_weights(model: "Model") -> dict[str, np.ndarray]:
-    """The weights the kernels take: ``model.weights``, except that where this CPU multiplies int8
-    weights by int8 activations through packed panels (``kernels.packs``: AVX512-VNNI), every int8
-    matrix of the blocks and the head is packed once (``kernels.pack_int8``) under its own name; a
-    tied head gets its own entry, ``lm_head.weight``, beside the embedding table that stays as it
-    is.  Made once per model and made again when ``model.weights`` has gained, lost or replaced an
-    array or ``int8_activations`` changed (a check of some 10 µs per call).  Costs a copy of the
-    int8 matrices in memory (the checkpoint's arrays stay, memory-mapped by default, for the NumPy
-    path and float activations): for the 350M model 306 MB, made in 0.2-0.5 s."""
+# A decode step of at least this many rows takes the int8 matrices packed into panels (see
+# fast_weights): the 20 blocks' matrix products of a 350M step streamed from memory, interleaved
+# runs, B = 8: 15.7 -> 13.9 ms, B = 16: 28.2 -> 21.1 ms; B = 4 and B = 1 gained nothing (10.5 ms).
+PACK_MIN_ROWS = 8
+
+
+def fast_weights(model: "Model", packed: bool = False) -> dict[str, np.ndarray]:
+    """The weights the kernels take: ``model.weights``, or with ``packed`` (decode steps of at least
+    ``PACK_MIN_ROWS`` rows), where this CPU multiplies int8 weights by int8 activations through
+    packed panels (``kernels.packs``: AVX512-VNNI), the same weights with every int8 matrix of the
+    blocks and the head packed (``kernels.pack_int8``) under its own name; a tied head gets its
+    own entry, ``lm_head.weight``, beside the embedding table that stays as it is.  The packed
+    weights are made at the first such step and made again when ``model.weights`` has gained,
+    lost or replaced an array or ``int8_activations`` changed (a check of some 10 µs).  They cost
+    a copy of the int8 matrices in memory beside the checkpoint's (which the NumPy path, float
+    activations, prompts and single streams use): for the 350M model 306 MB, made in 0.2-0.5 s."""
     w = model.weights
+    if not packed:
+        return w
     q8 = model.int8_activations == "int8"
     cached = model._fast_weights
-    if cached is not None:
-        sources, was_q8, fast = cached
-        if was_q8 == q8 and len(w) == len(sources) and all(map(operator.is_, w.values(), sources)):
-            return fast
+    if cached is not None and cached[1] == q8 and _same_arrays(w, cached[0]):
+        return cached[2]
     head = "transformer.wte.weight" if model.config.tie_word_embeddings else "lm_head.weight"
     names = [n for n, a in w.items() if (n.startswith("transformer.h.") or n == head) and a.ndim == 2
              and not n.endswith(".scale") and kernels.packs(a)] if q8 else []
@@ -480,6 +489,11 @@ def fast_weights(model: "Model") -> dict[str, np.ndarray]:
             fast["lm_head.weight.scale"] = w[n + ".scale"]
     model._fast_weights = (list(w.values()), q8, fast)
     return fast
+
+
+def _same_arrays(w: dict[str, np.ndarray], sources: list[np.ndarray]) -> bool:
+    """Whether ``w`` holds exactly the arrays ``sources`` (the same objects, in order)."""
+    return len(w) == len(sources) and all(map(operator.is_, w.values(), sources))
 
 
 # ----------------------------------------------------------------------------- the model
@@ -498,7 +512,7 @@ class Model:
     # products, the default) or float32 ones ("float32"); see README, "int8 activations".
     int8_activations: str = "int8"
     sincos: np.ndarray = field(init=False, repr=False)  # [n_positions, rotary_dim]
-    _decode_plan: Any = field(init=False, default=None, repr=False, compare=False)  # see decode_plan
+    _decode_plans: dict = field(init=False, default_factory=dict, repr=False, compare=False)  # see decode_plan
     _fast_weights: Any = field(init=False, default=None, repr=False, compare=False)  # see fast_weights
 
     def __post_init__(self) -> None:

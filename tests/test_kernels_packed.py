@@ -118,35 +118,39 @@ def test_the_fused_block_with_packed_weights_equals_it_with_the_checkpoints(B):
         K.decode_weights(packed_layer | {"mlp.fc_in.weight": packed_layer["mlp.fc_in.weight"][:1]}, E)
 
 
-def test_the_model_packs_its_int8_matrices_once_and_computes_the_same():
-    """tiny (int8, tied head of 50,295 rows: a partial panel): fast_weights packs the blocks'
-    matrices and the head, keeps the embedding table, is made once, and is made again without
-    packing for float activations; logits of a prompt and of decode steps equal, bit for bit,
-    those of the same model with packing turned off."""
+def test_the_model_packs_its_int8_matrices_for_batches_and_computes_the_same():
+    """tiny (int8, tied head of 50,295 rows: a partial panel): a single stream keeps the
+    checkpoint's matrices; the first decode step of PACK_MIN_ROWS rows packs the blocks' matrices
+    and the head once (the embedding table stays as it is), and float activations do not pack;
+    logits of a prompt and of decode steps of 1 and of 9 rows equal, bit for bit, those of the
+    same model with packing turned off."""
     model = minicodegen.load("tiny")
-    fw = M.fast_weights(model)
-    assert fw is M.fast_weights(model)
+    ids = np.array([[50256, 4299, 751, 7, 64, 11, 275, 2599]])
+
+    def run(m, B):
+        cache = M.new_cache(m.config, B, 16)
+        out = [M.forward(m, np.repeat(ids, B, axis=0) + np.arange(B)[:, None], cache=cache)]
+        for t in (198, 50284):
+            out.append(M.forward(m, np.full((B, 1), t), cache=cache))
+        return out
+
+    single = run(model, 1)
+    assert model._fast_weights is None  # (a single stream packs nothing)
+    batch = run(model, M.PACK_MIN_ROWS + 1)
+    fw = M.fast_weights(model, packed=True)
+    assert fw is M.fast_weights(model, packed=True) and M.fast_weights(model) is model.weights
     assert fw["transformer.h.0.mlp.fc_in.weight"].ndim == 3 and fw["lm_head.weight"].ndim == 3
     assert fw["transformer.wte.weight"] is model.weights["transformer.wte.weight"]
     assert "lm_head.weight" not in model.weights
-    ids = np.array([[50256, 4299, 751, 7, 64, 11, 275, 2599]])
 
-    def run(m):
-        cache = M.new_cache(m.config, 1, 16)
-        out = [M.forward(m, ids, cache=cache)]
-        for t in (198, 50284):
-            out.append(M.forward(m, [[t]], cache=cache))
-        return out
-
-    got = run(model)
     plain = minicodegen.load("tiny")
     real = K.packs
     try:
         K.packs = lambda W: False
-        assert M.fast_weights(plain)["transformer.h.0.mlp.fc_in.weight"].ndim == 2
+        assert M.fast_weights(plain, packed=True)["transformer.h.0.mlp.fc_in.weight"].ndim == 2
     finally:
         K.packs = real
-    for a, b in zip(got, run(plain)):
+    for a, b in zip(single + batch, run(plain, 1) + run(plain, M.PACK_MIN_ROWS + 1)):
         np.testing.assert_array_equal(a, b)
     model.int8_activations = "float32"
-    assert M.fast_weights(model)["transformer.h.0.mlp.fc_in.weight"].dtype == np.int8
+    assert M.fast_weights(model, packed=True)["transformer.h.0.mlp.fc_in.weight"].dtype == np.int8

@@ -56,14 +56,12 @@ def main() -> None:
         f32 = minicodegen.load("tiny")
         f32.weights = {k: (dequantize(w, q.weights[k + ".scale"]) if w.dtype == np.int8 else w)
                        for k, w in q.weights.items() if not k.endswith(".scale")}
-        f32._decode_plan = None
         fl = minicodegen.load("tiny")
         fl.int8_activations = "float32"
         q4 = minicodegen.load("tiny", dtype="int4")
         q4e = minicodegen.load("tiny", dtype="int4")  # the (tied) embedding in int4 too
         wte = "transformer.wte.weight"
         q4e.weights[wte], q4e.weights[wte + ".scale"] = npz.quantize_int4(q.weights[wte], scale=q.weights[wte + ".scale"])
-        q4e._decode_plan = None
         print("tiny, validation loss (nats/token, TINY.md's held-out files):")
         base = None
         for label, m in (("fp32 (dequantized)", f32), ("int8, float32 activations", fl), ("int8, int8 activations", q),

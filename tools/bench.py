@@ -300,7 +300,7 @@ def w_mcg(a: dict) -> None:
 
     import numpy as np
     from minicodegen import kernels as K
-    from minicodegen.model import fast_weights, forward, new_cache
+    from minicodegen.model import forward, new_cache
 
     st0 = proc_status()
     n = K.set_threads(a["threads"])
@@ -310,7 +310,6 @@ def w_mcg(a: dict) -> None:
     t0 = time.perf_counter()
     model = minicodegen.load(a["npz"], mapped=bool(a["mapped"]))
     model.int8_activations = a.get("int8_activations", "int8")
-    fast_weights(model)  # (int8 on AVX512-VNNI: the matrices packed into panels, part of the load's time and memory)
     t_load = time.perf_counter() - t0
     cfg = model.config
     wbytes = sum(w.nbytes for w in model.weights.values())

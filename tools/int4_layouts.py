@@ -99,7 +99,6 @@ def main() -> None:
         if base is not None:
             t0 = time.perf_counter()
             tiny.weights = {k: (fake_quantize(w, *layout) if k in mats else w) for k, w in f32.items()}
-            tiny._decode_plan = None
             value = tiny_loss(tiny)[0]
             loss = f"{value:.4f} ({100 * (value / base - 1):+.2f}%, {time.perf_counter() - t0:.0f} s)"
         print(f"| {layout[0]} | {layout[1]} | {layout[2]} | {bits_per_weight(*layout):.3f} | {e_tiny:.4f} | {e_gauss:.4f} | {loss} |",

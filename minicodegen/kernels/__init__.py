@@ -23,8 +23,8 @@ Modules, each importing only from those above it:
   the group dot product, the prompt kernel, and its steps for integer's decode kernels.
 * ``qgemm``: prompts on dot-product instructions (int8 panels for AVX512-VNNI, bf16 for
   AVX512-BF16) and ``linear_int8_rows``, the wrapper of the integer kernels.
-* ``packed``: int8 weights packed once into those panels (``pack_int8``, ``packs``), for
-  prompts and for decode steps of a batch (``linear_int8_packed`` and the fused block's steps).
+* ``packed``: int8 weights packed once into those panels (``pack_int8``, ``packs``), for decode
+  steps of a batch (``linear_int8_packed`` and the fused block's steps; any number of rows).
 * ``gemv``: decode matrix-vector products and the public ``linear*`` functions.
 * ``attention``: ``attend_cached``, softmax attention over the KV cache (decode and prompt).
 * ``elementwise``: ``layer_norm``, ``gelu_new``, ``apply_rotary``.
@@ -65,8 +65,9 @@ Conventions (shared with ``minicodegen.ops`` and ``minicodegen.model``):
   (``np.float16``) are widened exactly too.
 * int8 weights are ``Wq int8 [n_out, n_in]`` plus ``scale float32 [n_out]``
   (symmetric, per output channel): ``y = (x @ Wq.T) * scale + b``, which equals
-  ``x @ (Wq * scale[:, None]).T + b`` up to float32 rounding.  On AVX512-VNNI the model
-  hands the kernels the same weights packed (``pack_int8``: int32 ``[n_out / 64, n_in / 4, 64]``).
+  ``x @ (Wq * scale[:, None]).T + b`` up to float32 rounding.  On AVX512-VNNI a decode step
+  of a batch hands the kernels the same weights packed (``pack_int8``: int32
+  ``[n_out / 64, n_in / 4, 64]``).
 * Weights may be read-only (memory-mapped) or unaligned.  The public wrappers
   mark every input read-only before calling a kernel, so one compiled
   specialization serves both ordinary and memory-mapped arrays.

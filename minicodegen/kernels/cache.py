@@ -247,17 +247,17 @@ _STEPS: dict[str, Callable[[], object]] = {  # step -> what it runs
 # weights as they are, which no model calls) is warmed only by warmup() for all dtypes, and so are
 # the float-activation kernels of int8 weights (Model.int8_activations = "float32") and the
 # bf16-activation prompt kernels of bf16 weights (kernels.linear_bf16(..., bf16_activations=True)).
-# On AVX512-VNNI a model hands the kernels its int8 matrices packed (model.fast_weights): int8 models
-# run the packed steps (the plain ones stay, for kernels.linear on unpacked weights), int4 models
-# their int8 head through linear int8 (packed).
+# On AVX512-VNNI a decode step of many rows hands the kernels the int8 matrices packed
+# (model.fast_weights): int8 models run the packed steps too, int4 models their int8 head through
+# linear int8 (packed).  (A single stream, the model run _model_signatures describes, does not.)
 _PACKED = ["linear int8 (packed)", "decode block int8 (packed)"] if _VNNI else []
 _COMMON = ["layer norm", "gelu_new", "rotary", "attention (decode)", "attention (prompt)"]
 _BY_DTYPE = {
     "float32": ["linear float32", "decode block float32"],
     "bfloat16": ["linear bfloat16 (decode)", "linear bfloat16 (prompt)", "decode block bfloat16"],
     "int8": ["linear int8 (decode)", "linear int8 (prompt)", "decode block int8", *_PACKED],
-    "int4": ["linear int4 (decode)", "linear int4 (prompt)", "decode block int4",
-             "linear int8 (packed)" if _PACKED else "linear int8 (decode)"],  # (head: int8)
+    "int4": ["linear int4 (decode)", "linear int4 (prompt)", "decode block int4", "linear int8 (decode)",
+             *_PACKED[:1]],  # (head: int8)
     "float16": ["linear float32", "decode block float32"],
 }
 
@@ -380,18 +380,16 @@ def _model_signatures(dtype: str, prompt_tokens: int) -> list[tuple[Callable, tu
     sig = _step_signatures()
     dt = "float32" if dtype == "float16" else dtype  # float16 checkpoints are widened at load
     head = "linear float32" if dt == "float32" else f"linear {'int8' if dt == 'int4' else dt} (decode)"  # (int4 files: int8 head)
-    if _PACKED and dt in ("int8", "int4"):
-        head = "linear int8 (packed)"
-    block = f"decode block {dt}" + (" (packed)" if _PACKED and dt == "int8" else "")
-    out = sig["layer norm"] + sig[block] + sig[head]  # ln_f, the blocks, lm_head
+    out = sig["layer norm"] + sig[f"decode block {dt}"] + sig[head]  # ln_f, the blocks, lm_head
     T = prompt_tokens
     if T > 1:  # the prompt, block by block (boolean mask, no additive bias)
         out += sig["gelu_new"] + sig["rotary"][:1]
         out += sig["attention (prompt)" if T >= ATTEND_BLOCK_MIN_T else "attention (decode)"][:1]
-        if _PACKED and dt == "int8":
-            pass  # (any number of rows: the head's kernel)
-        elif T > STREAM_MAX_T and dt != "float32":  # float32 prompts go to BLAS
-            out += sig[f"linear {dt} (prompt)"]
+        if T > STREAM_MAX_T and dt != "float32":  # float32 prompts go to BLAS
+            prompt = sig[f"linear {dt} (prompt)"]
+            if dt == "int8":  # CodeGen's n_in are multiples of 64: the VNNI kernel where it runs, else _qgemm
+                prompt = prompt[:1] + prompt[-2:]
+            out += prompt
     return out
 
 

@@ -7,14 +7,12 @@ The panel is the one qgemm._qgemm_vnni builds per call for a prompt (see the sec
     Wp[p, q, r] = the 4 bytes W[64p + r, 4q .. 4q + 3], each XOR 0x80 (w + 128, unsigned)
 
 so that one vpdpbusd adds 4 bytes of one row of x into 16 outputs, with no sums across lanes at the
-end; rows past n_out hold w = 0.  Built once per model (model.fast_weights), the panels serve a
-prompt without repacking and, more to the point, a decode step of a batch: B rows of x (in tiles of
-6 rows and one of the rest) against each panel as it streams in.  The row kernels of integer.py
-(dot products along n_in, summed across lanes per output) reach 1.5-1.8 vpdpbusd per ns and core
-at B = 8; the panel tile reaches 3.9 (350M fc_in for 6 rows: 0.217 ms -> 0.115 ms, hot in L3, 2
-threads).  Packing the 350M int8 weights takes about 0.3 s and a copy of them in memory (the
-checkpoint's arrays stay, memory-mapped by default, for the NumPy definition and for float
-activations).
+end; rows past n_out hold w = 0.  The model packs its int8 matrices for decode steps of a batch
+(model.fast_weights, model.PACK_MIN_ROWS): B rows of x go through each panel in tiles of 6 rows
+(and one of the rest) as it streams in.  The row kernels of integer.py (dot products along n_in,
+summed across lanes per output) ran at 1.5-1.8 vpdpbusd per ns and core at B = 8, the panel tile
+at 3.9 in L1; streamed from memory, the 20 blocks' products of a 350M step of 8 rows took 13.9 ms
+against 15.7 (16 rows: 21.1 against 28.2), interleaved runs.  One row and prompts gained nothing.
 
 Tested against (tests/test_kernels_packed.py): ``ops.linear_int8_rows`` bit for bit for T = 1 .. 37
 and shapes with a partial last panel; the fused decode block with packed weights against the same
