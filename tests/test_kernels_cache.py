@@ -117,7 +117,10 @@ def test_a_second_process_loads_every_kernel_and_compiles_none(int8_compiled_cac
     assert all(first["others"].values())  # (their linear and decode-block kernels are not cached)
     assert [name for name, _ in first["steps"]] == cache._steps("int8")
     for name, sigs in first["looked_up"].items():  # needs_compiling looks up what the warm-up compiled
-        assert first["compiled"][name] == sigs
+        # (and perhaps more: the fused block calls layer_norm's and the quantization's kernels with
+        # writeable inputs, a specialization compiled into the block, which a later process loads
+        # with the block rather than on its own)
+        assert set(sigs) <= set(first["compiled"][name])
 
     second = run_python(WARMUP_INT8, tmp_path)
     assert second["before"] is False and second["after"] is False

@@ -42,10 +42,13 @@ def packs(W: np.ndarray) -> bool:
 def pack_int8(W: np.ndarray) -> np.ndarray:  # [n_out, n_in] int8 -> [ceil(n_out / 64), n_in / 4, 64] int32
     """The panels of W (see the module docstring).
 
-    >>> W = np.arange(8, dtype=np.int8).reshape(1, 8)
-    >>> Wp = pack_int8(W)
-    >>> Wp.shape, Wp[0, :, 0].view(np.uint8).tolist(), Wp[0, 0, 1].view(np.uint8).tolist()
-    ((1, 2, 64), [128, 129, 130, 131, 132, 133, 134, 135], [128, 128, 128, 128])
+    >>> Wp = pack_int8(np.arange(8, dtype=np.int8).reshape(1, 8))
+    >>> Wp.shape
+    (1, 2, 64)
+    >>> list(Wp[0, :, 0].tobytes())  # row 0, its 4-byte groups q = 0, 1: w + 128
+    [128, 129, 130, 131, 132, 133, 134, 135]
+    >>> list(Wp[0, 0, 1].tobytes())  # row 1 of the panel, past n_out: w = 0
+    [128, 128, 128, 128]
     """
     W = _check_w(W, np.int8, "W")
     n_out, n_in = W.shape
