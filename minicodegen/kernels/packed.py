@@ -126,8 +126,8 @@ def _qgemm_packed(xq, xsum, sx, Wp, scale, b, y):  # pragma: no cover - compiled
 
 @njit(inline="always")
 def _quantize_batch(x):  # pragma: no cover - compiled
-    """integer._quantize_few, its rows in parallel from 4 rows on (8 rows of the 350M fc_out's
-    input, 32k values, took some 40 us in one thread while the other waited)."""
+    """integer._quantize_few, its rows in parallel from 4 rows on (in one thread the other waited:
+    generate of 8 x 64 tokens at 350M took 2.48-2.55 s so, 2.05-2.14 s in parallel)."""
     if x.shape[0] < 4:
         return _quantize_few(x)
     xq = np.empty(x.shape, np.int8)
