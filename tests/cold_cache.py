@@ -39,7 +39,7 @@ for step in cache._steps("int8"):
     for kernel, sig in cache._step_signatures()[step]:
         looked_up.setdefault(kernel.py_func.__module__ + "." + kernel.py_func.__qualname__, set()).add(str(sig))
 kernels = {}
-for module in ("simd", "prefill", "integer", "qgemm", "packed", "gemv", "attention", "elementwise", "decode"):
+for module in ("simd", "prefill", "integer", "amx", "qgemm", "packed", "gemv", "attention", "elementwise", "decode"):
     for obj in vars(getattr(K, module)).values():
         if type(getattr(obj, "_cache", None)).__name__ == "FunctionCache" and obj.py_func.__module__.endswith(module):
             kernels[obj.py_func.__module__ + "." + obj.py_func.__qualname__] = obj

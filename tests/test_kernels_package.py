@@ -12,7 +12,7 @@ from minicodegen import kernels as K
 
 PACKAGE = Path(K.__file__).resolve().parent
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
-ORDER = ["threads", "cpu", "simd", "arrays", "prefill", "integer", "int4", "qgemm", "packed", "gemv", "attention", "elementwise", "decode",
+ORDER = ["threads", "cpu", "simd", "arrays", "prefill", "integer", "int4", "amx", "qgemm", "packed", "gemv", "attention", "elementwise", "decode",
          "cache"]  # as __init__
 
 

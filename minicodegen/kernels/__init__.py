@@ -21,8 +21,10 @@ Modules, each importing only from those above it:
   products (vpdpbusd / vpmaddwd) for decode steps and the fused block.
 * ``int4``: int4 weights (4-bit codes in groups with float16 scales) times int8 activations:
   the group dot product, the prompt kernel, and its steps for integer's decode kernels.
+* ``amx``: prompts with int8 weights on AMX tiles (Intel Xeon since Sapphire Rapids, where the
+  system grants the tile registers).
 * ``qgemm``: prompts on dot-product instructions (int8 panels for AVX512-VNNI, bf16 for
-  AVX512-BF16) and ``linear_int8_rows``, the wrapper of the integer kernels.
+  AVX512-BF16) and ``linear_int8_rows``, the wrapper of the integer kernels (AMX first).
 * ``packed``: int8 weights packed once into those panels (``pack_int8``, ``packs``), for decode
   steps of a batch (``linear_int8_packed`` and the fused block's steps; any number of rows).
 * ``gemv``: decode matrix-vector products and the public ``linear*`` functions.

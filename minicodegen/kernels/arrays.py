@@ -1,7 +1,7 @@
 """What the Python wrappers do around a kernel call: check and prepare arguments (``_prep_x``,
 ``_prep_vec``, ``_check_w``), mark them read-only (``_ro``: one compiled specialization serves
-ordinary and memory-mapped arrays), and lend scratch memory (``_tile_buffer``, freed by
-``release_scratch``).
+ordinary and memory-mapped arrays), and lend scratch memory (``_tile_buffer`` and ``_scratch``,
+freed by ``release_scratch``).
 
 No kernel here; the wrappers that use these are tested with their kernels (argument errors in
 tests/test_kernels_gemv.py, reused scratch in tests/test_kernels_prefill.py).
@@ -54,12 +54,22 @@ _tiles = threading.local()  # one reusable scratch buffer per thread
 
 def _tile_buffer(n: int) -> np.ndarray:
     """n float32 of scratch (_prefill_linear's packed tokens and weight panels, _attend_prompt's
-    transposed keys, qgemm's quantized rows, viewed as int8), reused from call to call: fresh arrays of some MB at every call paid
-    their page faults every time (about 1 ms per 350M matrix)."""
+    transposed keys, qgemm's quantized rows and AMX tiles and panels), reused from call to call:
+    fresh arrays of some MB at every call paid their page faults every time (about 1 ms per 350M
+    matrix)."""
     buf = getattr(_tiles, "buf", None)
     if buf is None or buf.size < n:
         buf = _tiles.buf = np.empty(n, np.float32)
     return buf[:n]
+
+
+def _scratch(shapes: list[tuple[int, ...]], dtypes: list[type]) -> list[np.ndarray]:
+    """Arrays of these shapes and dtypes in this thread's reused scratch (``_tile_buffer``), one
+    after the other, each at a multiple of 64 bytes from the start."""
+    sizes = [int(np.prod(s)) * np.dtype(d).itemsize for s, d in zip(shapes, dtypes)]
+    starts = np.cumsum([0] + [-(-n // 64) * 64 for n in sizes])
+    buf = _tile_buffer(-(-int(starts[-1]) // 4)).view(np.int8)
+    return [buf[a:a + n].view(d).reshape(s) for a, n, s, d in zip(starts, sizes, shapes, dtypes)]
 
 
 def release_scratch() -> None:

@@ -44,7 +44,7 @@ import numba
 import numpy as np
 from numba import types
 
-from . import attention, decode, elementwise, gemv, int4, integer, packed, prefill, qgemm
+from . import amx, attention, decode, elementwise, gemv, int4, integer, packed, prefill, qgemm
 from .cpu import IsaType
 from .attention import ATTEND_BLOCK_MIN_T, attend_cached
 from .decode import decode_block
@@ -311,7 +311,7 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
     W = {"float32": a(2), "bfloat16": a(2, types.uint16), "int8": a(2, types.int8), "int4": a(2, types.uint8)}
     scale = {"float32": none, "bfloat16": none, "int8": a(1), "int4": a(2, types.uint16)}
     i8, i32 = IsaType(integer.INT8_ISA.name), types.int32
-    vnni = integer.INT8_ISA.name == "avx512_vnni"  # (then prompts of n_in % 64 == 0 take _qgemm_vnni)
+    vnni = integer.INT8_ISA.name == "avx512_vnni"  # (then prompts of n_in % 64 == 0 take _qgemm_vnni, or AMX tiles)
     quantize = (integer._quantize_rows, (a(2), a(2, types.int8, readonly=False), out1, a(1, i32, readonly=False)))
     xq_args = (a(2, types.int8), a(1, i32), a(1), W["int8"], a(1))
 
@@ -329,6 +329,11 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
 
     def integer_rows(kernel, *extra):  # int8 weights, x quantized per row, without and with a bias
         return [quantize] + [(kernel, (*xq_args, b, out2, *extra)) for b in (none, a(1))]
+
+    def tiles(dt, x_dt, *int8_args):  # x's tiles, W's panels, the kernel without and with a bias
+        return [(amx._x_tiles, (a(2, x_dt), a(4, x_dt, readonly=False))),
+                (amx._pack_panels, (W[dt], a(3, i32, readonly=False)))] + [
+            (amx._gemm_amx, (a(4, x_dt), a(3, i32), *int8_args, b, out2)) for b in (none, a(1))]
 
     q4 = int4.Q4Type(integer.INT8_ISA.name, INT4_GROUP)
     quantize4 = (int4._quantize_rows4, (a(2), a(2, types.int8, readonly=False), out1, a(2, i32, readonly=False)))
@@ -350,7 +355,9 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
         "linear bfloat16 (prompt)": prefill_panels("bfloat16"),
         "decode block bfloat16": fused("bfloat16"),
         "linear int8 (decode)": integer_rows(integer._qgemv, i64, i8),
-        "linear int8 (prompt)": integer_rows(qgemm._qgemm, i8) + (integer_rows(qgemm._qgemm_vnni, i8)[1:] if vnni else []),
+        "linear int8 (prompt)": integer_rows(qgemm._qgemm, i8) + (tiles("int8", types.int8, a(1, i32), a(1), a(1))
+                                                                  if amx.AMX_INT8 else
+                                                                  integer_rows(qgemm._qgemm_vnni, i8)[1:] if vnni else []),
         "decode block int8": fused("int8", i8),
         **({"linear int8 (packed)": [quantize] + [(packed._qgemm_packed, (a(2, types.int8), a(1, i32), a(1),
                                                                          a(3, i32), a(1), b, out2)) for b in (none, a(1))],
@@ -363,9 +370,9 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
         "linear int8, float activations (decode)": streamed("int8"),
         "linear int8, float activations (prompt)": prefill_panels("int8"),
         "decode block int8, float activations": fused("int8"),
-        "linear bfloat16, bf16 activations (prompt)": (
-            [(qgemm._round_bf16, (a(2), a(2, types.uint16, readonly=False)))]
-            + [(qgemm._gemm_bf16dp, (a(2, types.uint16), W["bfloat16"], b, out2)) for b in (none, a(1))]
+        "linear bfloat16, bf16 activations (prompt)": [(qgemm._round_bf16, (a(2), a(2, types.uint16, readonly=False)))] + (
+            tiles("bfloat16", types.uint16, none, none, none) if amx.AMX_BF16 else
+            [(qgemm._gemm_bf16dp, (a(2, types.uint16), W["bfloat16"], b, out2)) for b in (none, a(1))]
             if qgemm.BF16_ISA.name == "avx512_bf16" else prefill_panels("bfloat16")),
         "linear float16": [(gemv._gemv_f16, (a(2), a(2, types.uint16), b, out2, i64)) for b in (none, a(1))],
     }
@@ -387,8 +394,8 @@ def _model_signatures(dtype: str, prompt_tokens: int) -> list[tuple[Callable, tu
         out += sig["attention (prompt)" if T >= ATTEND_BLOCK_MIN_T else "attention (decode)"][:1]
         if T > STREAM_MAX_T and dt != "float32":  # float32 prompts go to BLAS
             prompt = sig[f"linear {dt} (prompt)"]
-            if dt == "int8":  # CodeGen's n_in are multiples of 64: the VNNI kernel where it runs, else _qgemm
-                prompt = prompt[:1] + prompt[-2:]
+            if dt == "int8":  # CodeGen's n_in are multiples of 64: AMX or VNNI where they run, else _qgemm
+                prompt = prompt[:1] + (prompt[3:] or prompt[1:3])
             out += prompt
     return out
 

@@ -19,11 +19,23 @@ bf16 dot products (bf16 weights; see ``bf16dot``): ``avx512_bf16`` (``vdpbf16ps`
 per lane and instruction: AMD Zen 4, Intel Sapphire Rapids) or ``widen`` (bf16 widened to float32,
 exact, as before).
 
+Tile matrix products (``amx``): ``amx_int8`` / ``amx_bf16`` where the CPU has AMX-TILE and
+AMX-INT8 / AMX-BF16 (Intel Xeon since Sapphire Rapids; no AMD CPU so far) *and* the operating
+system lets the process use the tile registers: Linux hands them out on request
+(``arch_prctl(ARCH_REQ_XCOMP_PERM)``, since 5.16), and a tile instruction without that permission
+kills the process (SIGILL).  ``request_amx`` asks once per process; ``amx_int8`` and ``amx_bf16``
+are true only when the request succeeded.
+
 Tested in tests/test_kernels_integer.py and tests/test_kernels_bf16dot.py (the choice for given
 feature strings, and the kernels of every choice against their NumPy definitions).
 """
 
 from __future__ import annotations
+
+import ctypes
+import functools
+import platform
+import sys
 
 from llvmlite import binding as llvm
 from numba import types
@@ -64,6 +76,37 @@ def bf16_dot(features: set[str] | None = None) -> str:
     """The bf16 dot product for bf16 weights on a CPU with ``features`` (default: the target's)."""
     f = target_features() if features is None else features
     return "avx512_bf16" if {"avx512bf16", "avx512bw", "avx512f"} <= f else "widen"
+
+
+_SYS_ARCH_PRCTL = 158  # x86-64 Linux system call number
+_ARCH_REQ_XCOMP_PERM = 0x1023
+_XFEATURE_XTILEDATA = 18  # the state of the eight tile registers (8 KB)
+
+
+@functools.cache
+def request_amx() -> bool:
+    """Ask Linux for the tile registers for this process (all its threads, those started later
+    too); True when granted.  False on other systems, other machines, and older kernels."""
+    if not (sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64")):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def amx_int8(features: set[str] | None = None) -> bool:
+    """Whether the int8 prompt kernels may use AMX tiles on a CPU with ``features`` (default: the
+    target's, and then only if ``request_amx()`` succeeds)."""
+    f = target_features() if features is None else features
+    return {"amx-tile", "amx-int8"} <= f and (features is not None or request_amx())
+
+
+def amx_bf16(features: set[str] | None = None) -> bool:
+    """As amx_int8, for the bf16 prompt kernel (AMX-BF16)."""
+    f = target_features() if features is None else features
+    return {"amx-tile", "amx-bf16"} <= f and (features is not None or request_amx())
 
 
 # ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from numba import njit, prange
 from .arrays import _check_w, _prep_vec, _prep_x, _ro
 from .int4 import linear_int4 as _linear_int4
 from .packed import linear_int8_packed
-from .qgemm import bf16_rows_apply, linear_bf16_rows, linear_int8_rows
+from .qgemm import _round_bf16, bf16_rows_apply, linear_bf16_rows, linear_int8_rows
 from .prefill import _prefill_linear
 from .simd import _dot, _dot_f16, _dot_operand, _prefetch
 
@@ -193,14 +193,19 @@ def linear_bf16(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None,
     ``widen(W) = (W.astype(uint32) << 16).view(float32)`` (exact).  Decode
     streams W (2 bytes per weight) and widens in registers; prefill widens
     panels of 128 rows for a matrix-matrix kernel (_prefill_linear).
-    ``bf16_activations=True``: prompts (more than STREAM_MAX_T rows) round x to bf16 and use
-    vdpbf16ps where the CPU has AVX512-BF16 and the shape fits (``qgemm.linear_bf16_rows``;
-    definition ``ops.linear_bf16_rows``).  Off by default: on the Xeon measured here it was
-    slower than widening (see README).
+    ``bf16_activations=True``: x is rounded to bf16 first (definition ``ops.linear_bf16_rows``).
+    Prompts (more than STREAM_MAX_T rows) then multiply on AMX tiles or with vdpbf16ps where the
+    CPU has them and the shape fits (``qgemm.linear_bf16_rows``); elsewhere, and for fewer rows,
+    the rounded x goes through the same kernels as float32 x.
     """
     W = _check_w(W, np.uint16, "W")
-    if bf16_activations and np.asarray(x).size > STREAM_MAX_T * W.shape[1] and bf16_rows_apply(W.shape):
-        return linear_bf16_rows(x, W, b)
+    if bf16_activations:
+        if np.asarray(x).size > STREAM_MAX_T * W.shape[1] and bf16_rows_apply(W.shape):
+            return linear_bf16_rows(x, W, b)
+        x2, lead = _prep_x(x, W.shape[1])
+        xb = np.empty(x2.shape, np.uint16)
+        _round_bf16(_ro(x2), xb)
+        x = (xb.astype(np.uint32) << 16).view(np.float32).reshape(*lead, W.shape[1])
     return _linear_narrow(x, W, None, b, PREFETCH_BF16)
 
 

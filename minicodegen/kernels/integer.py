@@ -7,9 +7,11 @@ number of threads: only the float32 steps around them (the row's max, ``rint``, 
 ``acc * (sx * scale) + b``) round, and they round as NumPy does.
 
 Kernels: ``_idot`` (the dot products of a few rows of x with a few rows of W, in LLVM IR for the
-instruction set of ``cpu.int8_dot``), ``_quantize_rows``, ``_qgemv`` / ``_qgemv_step`` (decode: a few rows of x, W streamed from memory once) and the
-fused decode block's ``_qgemv_pair`` / ``_qgemv_sum_into``.  The prompt kernels and the wrapper,
-``linear_int8_rows``, are in qgemm.py.
+instruction set of ``cpu.int8_dot``), ``_quantize_rows``, ``_qgemv`` / ``_qgemv_step`` (decode: a
+few rows of x, W streamed from memory once) and the fused decode block's ``_qgemv_pair`` /
+``_qgemv_sum_into``; ``_pack16``, 16 rows of int8 or bf16 weights transposed as 4-byte groups (the
+panels of the prompt kernels, tested through them).  The prompt kernels and the wrapper,
+``linear_int8_rows``, are in qgemm.py and amx.py.
 
 Tested against (tests/test_kernels_integer.py): ``ops.linear_int8_rows`` and
 ``ops.quantize_rows``, exactly, for all three instruction sets the CPU can run (``widen``
@@ -25,7 +27,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .cpu import Isa, IsaType, int8_dot
-from .simd import _bits_as_f32
+from .simd import _bits_as_f32, _ir_transpose16
 
 # The instruction set the kernels are compiled for on this machine (see cpu.int8_dot).
 INT8_ISA = Isa(int8_dot())
@@ -304,3 +306,49 @@ def _qgemv_sum_into(x, a, W1, s1, hidden, W2, s2, b2, u, v, pf, isa):  # pragma:
     for t in range(x.shape[0]):
         for j in range(E):
             x[t, j] = x[t, j] + (u[t, j] + v[t, j])
+
+
+# Weights repacked in panels: 16 rows of W transposed as 4-byte groups (the panels of the prompt kernels in qgemm.py and amx.py).
+_V16 = ir.VectorType(ir.IntType(32), 16)
+
+
+def _i8_matrix(context, builder, ty, val):
+    a = context.make_array(ty)(context, builder, value=val)
+    return builder.bitcast(a.data, ir.IntType(8).as_pointer()), builder.extract_value(a.strides, 0)
+
+
+def _is_matrix(t, dtype) -> bool:
+    return isinstance(t, types.Array) and t.ndim == 2 and t.dtype == dtype and t.layout == "C"
+
+
+@intrinsic
+def _pack16(typingctx, W, r0, k0, Wp, c0):
+    """Wp[q0 + m, c0 + i] = the 4 bytes at W[r0 + i, k0 + 4m / itemsize ...] for i, m < 16
+    (16 rows x 64 bytes; q0 = k0 * itemsize / 4): int8 W (4 weights, each XOR 0x80 = w + 128 as
+    unsigned bytes) or uint16 = bf16 W (2 weights, as they are).  Wp int32 [n * itemsize / 4, 64];
+    the caller checks the bounds."""
+    if not (isinstance(W, types.Array) and W.ndim == 2 and W.layout == "C" and W.dtype in (types.int8, types.uint16)
+            and _is_matrix(Wp, types.int32) and all(isinstance(v, types.Integer) for v in (r0, k0, c0))):
+        return None
+    itemsize = W.dtype.bitwidth // 8
+
+    def codegen(context, builder, sig, args):
+        wp, ldw = _i8_matrix(context, builder, sig.args[0], args[0])
+        dp, ldd = _i8_matrix(context, builder, sig.args[3], args[3])
+        r0_, k0_, c0_ = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, 2, 4))
+        i64 = ir.IntType(64)
+        k0_bytes = builder.mul(k0_, ir.Constant(i64, itemsize))
+        rows = []
+        for i in range(16):
+            at = builder.add(builder.mul(builder.add(r0_, ir.Constant(i64, i)), ldw), k0_bytes)
+            rows.append(builder.load(builder.bitcast(builder.gep(wp, [at]), _V16.as_pointer()), align=1))
+        rows = _ir_transpose16(builder, rows)  # (as simd._transpose_add16, on int32)
+        if itemsize == 1:
+            rows = [builder.xor(r, ir.Constant(_V16, [-2139062144] * 16)) for r in rows]  # 0x80808080
+        q0 = builder.sdiv(k0_bytes, ir.Constant(i64, 4))
+        for m in range(16):
+            at = builder.add(builder.mul(builder.add(q0, ir.Constant(i64, m)), ldd), builder.mul(c0_, ir.Constant(i64, 4)))
+            builder.store(rows[m], builder.bitcast(builder.gep(dp, [at]), _V16.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return types.void(W, r0, k0, Wp, c0), codegen

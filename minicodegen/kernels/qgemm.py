@@ -6,6 +6,8 @@ Kernels: ``_qgemm`` (every instruction set: blocks of 4 rows of x by 4 rows of W
 ``_qgemm_vnni`` (AVX512-VNNI: panels of 64 rows of W repacked so that one vpdpbusd adds 4 bytes of
 one row of x into 16 outputs at once; no sums across lanes), with ``_pack16`` and ``_dp_tile``;
 ``_gemm_bf16dp`` (bf16 weights and bf16-rounded x, AVX512-BF16: the same panels, vdpbf16ps).
+``linear_int8_rows`` and ``linear_bf16_rows`` hand prompts to AMX tiles (amx.py) where the CPU and
+the system allow them.
 
 Tested against (tests/test_kernels_integer.py): ``ops.linear_int8_rows``, bit for bit, through
 ``linear_int8_rows`` with every instruction set this CPU runs; both prompt kernels at every edge of
@@ -20,10 +22,12 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .arrays import _check_w, _prep_vec, _prep_x, _ro, _tile_buffer
+from .amx import AMX_BF16, AMX_INT8, _gemm_amx, _pack_panels, _x_tiles, panels_shape, x_tiles_shape
+from .arrays import _check_w, _prep_vec, _prep_x, _ro, _scratch
 from .cpu import Isa, bf16_dot
-from .integer import INT8_ISA, _idot, _out, _qgemv, _quantize_rows
-from .simd import _ir_transpose16
+from .cpu import amx_bf16 as _amx_bf16
+from .cpu import amx_int8 as _amx_int8
+from .integer import _V16, INT8_ISA, _i8_matrix, _idot, _is_matrix, _out, _pack16, _qgemv, _quantize_rows
 
 # ---------------------------------------------------------------------------
 # A prompt: y = x @ Wq.T * scale + b for many rows.  Each thread takes panels of 16 rows of W; for
@@ -94,51 +98,6 @@ _MR = 6  # rows of x per tile
 _NR = 64  # rows of W per panel (4 vectors of 16 lanes)
 _KQ = 64  # 4-byte groups of n_in per pass over a block of tokens: 64 x 64 x 4 bytes = 16 KB of the panel in L1
 _TB = 96  # rows of x per block: 96 x n_in bytes (384 KB for n_in = 4096) stay in L2 while the panel goes by
-_V16 = ir.VectorType(ir.IntType(32), 16)
-
-
-def _i8_matrix(context, builder, ty, val):
-    a = context.make_array(ty)(context, builder, value=val)
-    return builder.bitcast(a.data, ir.IntType(8).as_pointer()), builder.extract_value(a.strides, 0)
-
-
-def _is_matrix(t, dtype) -> bool:
-    return isinstance(t, types.Array) and t.ndim == 2 and t.dtype == dtype and t.layout == "C"
-
-
-@intrinsic
-def _pack16(typingctx, W, r0, k0, Wp, c0):
-    """Wp[q0 + m, c0 + i] = the 4 bytes at W[r0 + i, k0 + 4m / itemsize ...] for i, m < 16
-    (16 rows x 64 bytes; q0 = k0 * itemsize / 4): int8 W (4 weights, each XOR 0x80 = w + 128 as
-    unsigned bytes) or uint16 = bf16 W (2 weights, as they are).  Wp int32 [n * itemsize / 4, 64];
-    the caller checks the bounds."""
-    if not (isinstance(W, types.Array) and W.ndim == 2 and W.layout == "C" and W.dtype in (types.int8, types.uint16)
-            and _is_matrix(Wp, types.int32) and all(isinstance(v, types.Integer) for v in (r0, k0, c0))):
-        return None
-    itemsize = W.dtype.bitwidth // 8
-
-    def codegen(context, builder, sig, args):
-        wp, ldw = _i8_matrix(context, builder, sig.args[0], args[0])
-        dp, ldd = _i8_matrix(context, builder, sig.args[3], args[3])
-        r0_, k0_, c0_ = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, 2, 4))
-        i64 = ir.IntType(64)
-        k0_bytes = builder.mul(k0_, ir.Constant(i64, itemsize))
-        rows = []
-        for i in range(16):
-            at = builder.add(builder.mul(builder.add(r0_, ir.Constant(i64, i)), ldw), k0_bytes)
-            rows.append(builder.load(builder.bitcast(builder.gep(wp, [at]), _V16.as_pointer()), align=1))
-        rows = _ir_transpose16(builder, rows)  # (as simd._transpose_add16, on int32)
-        if itemsize == 1:
-            rows = [builder.xor(r, ir.Constant(_V16, [-2139062144] * 16)) for r in rows]  # 0x80808080
-        q0 = builder.sdiv(k0_bytes, ir.Constant(i64, 4))
-        for m in range(16):
-            at = builder.add(builder.mul(builder.add(q0, ir.Constant(i64, m)), ldd), builder.mul(c0_, ir.Constant(i64, 4)))
-            builder.store(rows[m], builder.bitcast(builder.gep(dp, [at]), _V16.as_pointer()), align=1)
-        return context.get_dummy_value()
-
-    return types.void(W, r0, k0, Wp, c0), codegen
-
-
 class _BFloat(ir.Type):
     """LLVM's bfloat type (llvmlite has none): the operand type of the vdpbf16ps intrinsic."""
 
@@ -307,30 +266,46 @@ def _gemm_bf16dp(xb, W, b, y):  # pragma: no cover - compiled
                 y[t, j0 + r] = v
 
 
-def linear_bf16_rows(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+def linear_bf16_rows(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None, amx: bool | None = None) -> np.ndarray:
     """``ops.linear_bf16_rows``: x [..., n_in] rounded to bf16, times bf16 ``W [n_out, n_in]``
-    (uint16 bits) with vdpbf16ps, plus ``b``; for n_in a multiple of 32 and n_out of 64 on a CPU
-    with AVX512-BF16 (``BF16_ISA``; the caller checks ``bf16_rows_apply``)."""
+    (uint16 bits), plus ``b``: on AMX tiles (``amx._gemm_amx``) when ``amx`` (None, the
+    default: ``AMX_BF16``) and n_out is a multiple of 32, else with vdpbf16ps (AVX512-BF16, n_out a
+    multiple of 64); n_in a multiple of 32 (the caller checks ``bf16_rows_apply``)."""
     W = _check_w(W, np.uint16, "W")
     n_out, n_in = W.shape
-    if not bf16_rows_apply(W.shape):
-        raise ValueError(f"linear_bf16_rows needs AVX512-BF16, n_in % 32 == 0 and n_out % 64 == 0; got {W.shape} "
-                         f"on {BF16_ISA.name}")
+    amx = AMX_BF16 if amx is None else amx
+    if amx and not _amx_bf16():
+        raise ValueError("amx=True needs a CPU with AMX-BF16 whose tile registers the system granted (cpu.amx_bf16)")
+    tiles = amx and n_in % 32 == 0 and n_out % 32 == 0 and n_out > 0
+    if not (tiles or (BF16_ISA.name == "avx512_bf16" and n_in % 32 == 0 and n_out % _NR == 0 and n_out > 0)):
+        raise ValueError(f"linear_bf16_rows needs AMX-BF16 (n_out % 32 == 0) or AVX512-BF16 (n_out % 64 == 0) and "
+                         f"n_in % 32 == 0; got {W.shape} on {BF16_ISA.name}, AMX-BF16 {AMX_BF16}")
     x2, lead = _prep_x(x, n_in)
     b = _prep_vec(b, n_out, "b")
     T = x2.shape[0]
-    T_pad = -(-T // _MR) * _MR
-    xb = _tile_buffer(-(-T_pad * n_in // 2)).view(np.uint16)[:T_pad * n_in].reshape(T_pad, n_in)
+    T_pad = T if tiles else -(-T // _MR) * _MR  # (_gemm_bf16dp takes 6 rows at a time)
+    shapes = [(T_pad, n_in)] + ([x_tiles_shape(T, n_in, 2), panels_shape(W.shape, 2)] if tiles else [])
+    xb, *tiled = _scratch(shapes, [np.uint16, np.uint16, np.int32])
     xb[T:] = 0
     _round_bf16(_ro(x2), xb[:T])
     y = np.empty((T, n_out), np.float32)
-    _gemm_bf16dp(_ro(xb), W, b, y)
+    if tiles:
+        Xt, Wp = tiled
+        _x_tiles(_ro(xb), Xt)
+        _pack_panels(W, Wp)
+        _gemm_amx(_ro(Xt), _ro(Wp), None, None, None, b, y)
+    else:
+        _gemm_bf16dp(_ro(xb), W, b, y)
     return y.reshape(*lead, n_out)
 
 
 def bf16_rows_apply(shape: tuple[int, int]) -> bool:
-    """Whether linear_bf16_rows runs for a bf16 weight of this shape on this CPU."""
-    return BF16_ISA.name == "avx512_bf16" and shape[1] % 32 == 0 and shape[0] % _NR == 0 and shape[0] > 0
+    """Whether linear_bf16_rows runs for a bf16 weight of this shape on this CPU (AMX-BF16: n_out a
+    multiple of 32; AVX512-BF16: of 64; n_in of 32 for both)."""
+    n_out, n_in = shape
+    if n_in % 32 or n_out <= 0:
+        return False
+    return (AMX_BF16 and n_out % 32 == 0) or (BF16_ISA.name == "avx512_bf16" and n_out % _NR == 0)
 
 
 # ---------------------------------------------------------------------------
@@ -338,31 +313,39 @@ def bf16_rows_apply(shape: tuple[int, int]) -> bool:
 # ---------------------------------------------------------------------------
 
 
+
 def linear_int8_rows(x: np.ndarray, Wq: np.ndarray, scale: np.ndarray, b: np.ndarray | None = None,
-                     pf: int = 0, isa: Isa = INT8_ISA, stream_max_t: int = 8) -> np.ndarray:
+                     pf: int = 0, isa: Isa = INT8_ISA, stream_max_t: int = 8, amx: bool | None = None) -> np.ndarray:
     """``ops.linear_int8_rows``: x [..., n_in] float32 quantized per row, times int8
     ``Wq [n_out, n_in]`` with integer dot products, times ``scale [n_out]``, plus ``b``.
 
     Up to ``stream_max_t`` rows (decode): W streamed once (``integer._qgemv``, prefetching ``pf``
-    bytes ahead); more rows (a prompt): panels of W reused from cache (``_qgemm_vnni`` on
-    AVX512-VNNI when n_in is a multiple of 64, else ``_qgemm``).  ``isa`` chooses
-    the instruction set (default: the best this CPU has, ``INT8_ISA``); the result is the same
-    for every one.
+    bytes ahead); more rows (a prompt): on AMX tiles (``amx._gemm_amx``) when ``amx`` (None, the
+    default: ``AMX_INT8``, whether this CPU and system allow them), n_in is a multiple of 64 and
+    n_out >= 32; else panels of W reused from cache (``_qgemm_vnni`` on AVX512-VNNI when n_in is a
+    multiple of 64, else ``_qgemm``).  ``isa`` chooses the instruction set of the other kernels
+    (default: the best this CPU has, ``INT8_ISA``); the result is the same for every choice.
     """
     Wq = _check_w(Wq, np.int8, "Wq")
     n_out, n_in = Wq.shape
     if n_in > 65536:
         raise ValueError(f"n_in={n_in} is too long for exact int32 sums of int8 products (at most 65536)")
+    amx = AMX_INT8 if amx is None else amx
+    if amx and not _amx_int8():
+        raise ValueError("amx=True needs a CPU with AMX-INT8 whose tile registers the system granted (cpu.amx_int8)")
     scale = _prep_vec(scale, n_out, "scale")
     if scale is None:
         raise ValueError("linear_int8_rows needs a per-row scale")
     x2, lead = _prep_x(x, n_in)
     b = _prep_vec(b, n_out, "b")
     T = x2.shape[0]
-    packed = T > stream_max_t and isa.name == "avx512_vnni" and n_in % 64 == 0 and n_out >= _NR
+    tiles = amx and T > stream_max_t and n_in % 64 == 0 and n_out >= 32
+    packed = not tiles and T > stream_max_t and isa.name == "avx512_vnni" and n_in % 64 == 0 and n_out >= _NR
     T_pad = -(-T // _MR) * _MR if packed else T  # (_qgemm_vnni takes 6 rows at a time)
-    # xq in reused scratch (fresh pages at every call cost 0.5 ms for the 350M fc_out at T = 512)
-    xq = _tile_buffer(-(-T_pad * n_in // 4)).view(np.int8)[:T_pad * n_in].reshape(T_pad, n_in)
+    # xq (and the AMX tiles of x and panels of W) in reused scratch (fresh pages at every call cost
+    # 0.5 ms for the 350M fc_out at T = 512)
+    shapes = [(T_pad, n_in)] + ([x_tiles_shape(T, n_in), panels_shape(Wq.shape)] if tiles else [])
+    xq, *tiled = _scratch(shapes, [np.int8, np.int8, np.int32])
     sx = np.zeros(T_pad, np.float32)
     xsum = np.zeros(T_pad, np.int32)
     xq[T:] = 0
@@ -370,6 +353,16 @@ def linear_int8_rows(x: np.ndarray, Wq: np.ndarray, scale: np.ndarray, b: np.nda
     y = np.empty((T, n_out), np.float32)
     if T <= stream_max_t:
         _qgemv(_ro(xq), _ro(xsum), _ro(sx), Wq, scale, b, y, pf, isa)
+    elif tiles:
+        Xt, Wp = tiled
+        _x_tiles(_ro(xq), Xt)
+        _pack_panels(Wq, Wp)
+        _gemm_amx(_ro(Xt), _ro(Wp), _ro(xsum), _ro(sx), scale, b, y)
+        j = n_out - n_out % 32  # (rows of W past the last panel of 32)
+        if j < n_out:
+            tail = np.empty((T, n_out - j), np.float32)
+            _qgemm(_ro(xq), _ro(xsum), _ro(sx), Wq[j:], scale[j:], None if b is None else b[j:], tail, isa)
+            y[:, j:] = tail
     elif packed:
         _qgemm_vnni(_ro(xq), _ro(xsum), _ro(sx), Wq, scale, b, y, isa)
     else:
