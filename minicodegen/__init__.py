@@ -19,12 +19,12 @@ _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from .checkpoint import load_model as _load_model  # noqa: E402
 from .generation import generate, score, stream  # noqa: E402
-from .model import INT8_ACTIVATIONS, Config, Model, forward, new_cache  # noqa: E402
+from .model import BF16_ACTIVATIONS, INT8_ACTIVATIONS, Config, Model, forward, new_cache  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 
 
 def load(path: str | _os.PathLike, fast: bool = True, mapped: bool = True, int8_activations: str = "int8",
-         dtype: str | None = None) -> Model:
+         dtype: str | None = None, bf16_activations: str = "float32") -> Model:
     """Loads a model from a checkpoint directory, a converted ``.npz``, a hub id or ``"tiny"``.
 
     ``dtype``: how the matrices are stored, "float32", "bfloat16", "int8" or "int4" (None: as the
@@ -33,11 +33,17 @@ def load(path: str | _os.PathLike, fast: bool = True, mapped: bool = True, int8_
     ``mapped=False``: read a ``.npz`` into memory rather than mapping it (slower to load, faster
     to decode; see checkpoint.load_model).  ``int8_activations``: what int8 weights multiply,
     activations rounded to 8 bits per row ("int8", integer dot products) or "float32" ones
-    (``Model.int8_activations``; README, "What int8 costs"); int4 weights always take 8-bit ones."""
+    (``Model.int8_activations``; README, "What int8 costs"); int4 weights always take 8-bit ones.
+    ``bf16_activations``: what bf16 weights multiply in a prompt, "float32" activations (exact) or
+    ones rounded to "bf16" (``Model.bf16_activations``; bf16 dot products, AMX tiles where the CPU
+    has them)."""
     if int8_activations not in INT8_ACTIVATIONS:
         raise ValueError(f"int8_activations must be one of {', '.join(INT8_ACTIVATIONS)}, got {int8_activations!r}")
+    if bf16_activations not in BF16_ACTIVATIONS:
+        raise ValueError(f"bf16_activations must be one of {', '.join(BF16_ACTIVATIONS)}, got {bf16_activations!r}")
     model = _load_model(path, fast=fast, mapped=mapped, dtype=dtype)
     model.int8_activations = int8_activations
+    model.bf16_activations = bf16_activations
     return model
 
 

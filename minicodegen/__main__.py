@@ -38,7 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from . import checkpoint, generation, golden, kernels, npz
-from .model import INT8_ACTIVATIONS, Model
+from .model import BF16_ACTIVATIONS, INT8_ACTIVATIONS, Model
 
 DEFAULT_MODEL = "Salesforce/codegen-350M-mono"
 SUBCOMMANDS = ("convert", "score", "golden")
@@ -87,6 +87,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8-activations", choices=INT8_ACTIVATIONS, default="int8",
                    help="what int8 weights multiply: activations rounded to 8 bits per row, with integer dot products "
                         "(int8, the default: prompts and batches about 2x faster) or float32 activations (float32)")  # fmt: skip
+    p.add_argument("--bf16-activations", choices=BF16_ACTIVATIONS, default="float32",
+                   help="what bf16 weights multiply in a prompt: float32 activations (float32, the default, exact) or "
+                        "activations rounded to bf16 (bf16: bf16 dot products, on AMX tiles where the CPU has them)")  # fmt: skip
 
 
 def generation_parser() -> Parser:
@@ -156,12 +159,13 @@ def say_if_compiling(model: Model, prompt_tokens: int) -> None:
 
 
 def load_model(name: str, threads: int | None, in_memory: bool = False, int8_activations: str = "int8",
-               dtype: str | None = None) -> Model:
+               dtype: str | None = None, bf16_activations: str = "float32") -> Model:
     """The model, with the kernels' thread count set; loading errors become RuntimeError."""
     if threads is not None:
         kernels.set_threads(threads)
     model = checkpoint.load_model(name, mapped=not in_memory, dtype=dtype)  # an unreachable hub raises HubUnreachableError, which names --model PATH and --model tiny
     model.int8_activations = int8_activations
+    model.bf16_activations = bf16_activations
     return model  # an unreachable hub raises HubUnreachableError, which names --model PATH and --model tiny
 
 
@@ -171,7 +175,7 @@ def run_generate(argv: Sequence[str]) -> int:
     prompt = read_prompt(a.prompt)
     if prompt == "":
         raise UsageError("the prompt is empty")
-    model = load_model(a.model, a.threads, a.in_memory, a.int8_activations, a.dtype)
+    model = load_model(a.model, a.threads, a.in_memory, a.int8_activations, a.dtype, a.bf16_activations)
     say_if_compiling(model, len(model.tokenizer.encode(prompt)) if model.tokenizer is not None else 1)
     stats: dict[str, float] = {}
     out = sys.stdout
@@ -203,7 +207,7 @@ def run_score(argv: Sequence[str]) -> int:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise RuntimeError(f"cannot read {a.file}: {e}") from None
-    model = load_model(a.model, a.threads, a.in_memory, a.int8_activations, a.dtype)
+    model = load_model(a.model, a.threads, a.in_memory, a.int8_activations, a.dtype, a.bf16_activations)
     say_if_compiling(model, len(model.tokenizer.encode(text)) if model.tokenizer is not None else 1)
     s = generation.score(model, text)
     scored = sum(1 for x in s.logprobs if x == x)  # not NaN
@@ -397,7 +401,7 @@ def run_serve(argv: Sequence[str]) -> int:
         from . import serve
     except ImportError as e:
         raise RuntimeError(f"the server needs the serve extra ({e.name} is missing): pip install 'minicodegen[serve]'") from None
-    model = load_model(a.model, a.threads, a.in_memory, a.int8_activations, a.dtype)
+    model = load_model(a.model, a.threads, a.in_memory, a.int8_activations, a.dtype, a.bf16_activations)
     if model.tokenizer is None:
         raise RuntimeError(f"{a.model} has no tokenizer files: the server takes text prompts")
     say_if_compiling(model, 1)
@@ -458,7 +462,7 @@ def run_sampling(a: argparse.Namespace, prompts: list[tuple[str, str]], out: str
 
     settings = batching.Settings(a.max_new_tokens, a.temperature, a.top_p, a.top_k, stop=tuple(stop), truncate=truncate)
     if a.ray is None:
-        model = load_model(a.model, a.threads, a.in_memory, a.int8_activations, a.dtype)
+        model = load_model(a.model, a.threads, a.in_memory, a.int8_activations, a.dtype, a.bf16_activations)
         if model.tokenizer is None:
             raise RuntimeError(f"{a.model} has no tokenizer files: sampling takes text prompts")
         too_long = [t for t, p in prompts if len(model.tokenizer.encode(p)) >= model.config.n_positions]

@@ -31,6 +31,8 @@ from . import kernels, ops
 # sinusoid table is computed).
 # What int8 weights multiply: activations quantized per row to 8 bits, or float32 ones (Model.int8_activations).
 INT8_ACTIVATIONS = ("int8", "float32")
+# What bf16 weights multiply in a prompt: float32 activations, or ones rounded to bf16 (Model.bf16_activations).
+BF16_ACTIVATIONS = ("float32", "bf16")
 
 IGNORED_BUFFERS = ("attn.causal_mask", "attn.masked_bias", "attn.bias", "attn.embed_positions")
 
@@ -196,13 +198,14 @@ def dequantize(w: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:  #
 
 
 def dense(x: np.ndarray, weights: dict[str, np.ndarray], name: str, fast: bool, bias: str | None = None,
-          int8_activations: bool = True) -> np.ndarray:  # [N, n_in] -> [N, n_out]
+          int8_activations: bool = True, bf16_activations: bool = False) -> np.ndarray:  # [N, n_in] -> [N, n_out]
     """The linear layer ``name`` (``name.weight``, optional ``name.bias`` or ``bias``) on rows x.
 
     The NumPy path (fast=False) is the definition: dequantize, then x·Wᵀ + b; for int8 weights
     with ``int8_activations`` (the default), x is quantized per row too and the 8-bit products are
     summed exactly (``ops.linear_int8_rows``); int4 weights always multiply rows quantized so
-    (``ops.linear_int4_rows``).  The fast path (``kernels.linear``) streams the
+    (``ops.linear_int4_rows``); bf16 weights with ``bf16_activations`` multiply x rounded to bf16
+    (``ops.linear_bf16_rows``).  The fast path (``kernels.linear``) streams the
     stored weight through a Numba kernel for a few rows (decode) and multiplies panels from cache
     for many (prefill); it is tested against the definition.
     """
@@ -214,8 +217,10 @@ def dense(x: np.ndarray, weights: dict[str, np.ndarray], name: str, fast: bool, 
             return ops.linear_int4_rows(x, w, scale, b)
         if w.dtype == np.int8 and int8_activations:
             return ops.linear_int8_rows(x, w, scale, b)
+        if w.dtype == np.uint16 and bf16_activations:
+            return ops.linear_bf16_rows(x, w, b)
         return ops.linear(x, dequantize(w, scale), b)
-    return kernels.linear(x, w, b, scale, int8_activations)
+    return kernels.linear(x, w, b, scale, int8_activations, bf16_activations)
 
 
 def embed(weights: dict[str, np.ndarray], input_ids: np.ndarray) -> np.ndarray:  # [B, T] -> [B, T, E]
@@ -313,6 +318,7 @@ def block(
     fast: bool,
     trace: dict[str, np.ndarray] | None,
     int8_activations: bool = True,  # int8 weights: quantize the rows of x too (see dense)
+    bf16_activations: bool = False,  # bf16 weights, T > 1: round the rows of x to bf16 (see dense)
 ) -> np.ndarray:  # [B, T, E]
     """One CodeGen block: x + attn(ln_1(x)) + mlp(ln_1(x))."""
     B, T, E = x.shape
@@ -331,8 +337,8 @@ def block(
     rows = h.reshape(B * T, E)
 
     # attention: fused qkv projection, mp_num=4 split, rotary on q and k, attend over the cache
-    q8 = int8_activations
-    qkv = dense(rows, weights, p + "attn.qkv_proj", fast, int8_activations=q8).reshape(B, T, 3 * E)
+    acts = {"int8_activations": int8_activations, "bf16_activations": bf16_activations}
+    qkv = dense(rows, weights, p + "attn.qkv_proj", fast, **acts).reshape(B, T, 3 * E)
     q, k, v = ops.split_qkv(qkv, H)  # 3 × [B, T, H, D]
     if trace is not None:
         trace |= {f"h.{i}.q_split": q, f"h.{i}.k_split": k, f"h.{i}.v": v}
@@ -349,12 +355,12 @@ def block(
         if trace is not None:
             trace |= {f"h.{i}.q": q.transpose(0, 2, 1, 3), f"h.{i}.k": k, f"h.{i}.attn_probs": probs}
     a = a.transpose(0, 2, 1, 3).reshape(B * T, E)  # merge heads: [B, T, H·D]
-    attn_out = dense(a, weights, p + "attn.out_proj", fast, int8_activations=q8)
+    attn_out = dense(a, weights, p + "attn.out_proj", fast, **acts)
 
     # MLP on the same ln_1 output (parallel residual)
-    hidden = dense(rows, weights, p + "mlp.fc_in", fast, int8_activations=q8)
+    hidden = dense(rows, weights, p + "mlp.fc_in", fast, **acts)
     hidden = kernels.gelu_new(hidden, out=hidden) if fast else ops.gelu_new(hidden)
-    mlp_out = dense(hidden, weights, p + "mlp.fc_out", fast, int8_activations=q8)
+    mlp_out = dense(hidden, weights, p + "mlp.fc_out", fast, **acts)
 
     if fast:  # the same sums in place: x + (attn_out + mlp_out), without two fresh [B, T, E] arrays
         out = np.add(np.add(attn_out, mlp_out, out=mlp_out), x.reshape(B * T, E), out=mlp_out).reshape(B, T, E)
@@ -382,10 +388,13 @@ def forward(
     cfg = model.config
     if model.int8_activations not in INT8_ACTIVATIONS:
         raise ValueError(f"model.int8_activations must be one of {', '.join(INT8_ACTIVATIONS)}, got {model.int8_activations!r}")
+    if model.bf16_activations not in BF16_ACTIVATIONS:
+        raise ValueError(f"model.bf16_activations must be one of {', '.join(BF16_ACTIVATIONS)}, got {model.bf16_activations!r}")
     q8 = model.int8_activations == "int8"
     past = cache.length if cache is not None else 0
     ids = check_input_ids(cfg, input_ids, past)
     B, T = ids.shape
+    b16 = model.bf16_activations == "bf16" and T > 1  # (a prompt; decode steps keep float32 x)
     packed = model.fast and T == 1 and trace is None and B >= PACK_MIN_ROWS  # (see fast_weights)
     weights = fast_weights(model, packed)
     mask = np.ones((B, T), np.int8) if attention_mask is None else np.asarray(attention_mask)
@@ -415,7 +424,7 @@ def forward(
                                   cache.mask[:, : past + 1] != 0).reshape(B, 1, cfg.n_embd)
     else:
         for i in range(cfg.n_layer):
-            x = block(x, weights, i, cfg, sincos, cache, model.fast, trace, q8)
+            x = block(x, weights, i, cfg, sincos, cache, model.fast, trace, q8, b16)
     cache.length = past + T
 
     if last_only:
@@ -430,7 +439,7 @@ def forward(
     w = weights[head + ".weight"]
     exact = w.dtype == np.uint8 or (w.dtype == np.int8 and q8)
     chunk = kernels.STREAM_MAX_T if model.fast and T == 1 and not exact else len(rows)
-    parts = [dense(rows[i:i + chunk], weights, head, model.fast, bias="lm_head.bias", int8_activations=q8)
+    parts = [dense(rows[i:i + chunk], weights, head, model.fast, bias="lm_head.bias", int8_activations=q8, bf16_activations=b16)
              for i in range(0, len(rows), chunk)]  # fmt: skip
     logits = (parts[0] if len(parts) == 1 else np.concatenate(parts)).reshape(B, -1, cfg.vocab_size)
     if trace is not None:
@@ -511,6 +520,9 @@ class Model:
     # int8 weights multiply activations quantized per row to 8 bits ("int8": integer dot
     # products, the default) or float32 ones ("float32"); see README, "int8 activations".
     int8_activations: str = "int8"
+    # bf16 weights multiply a prompt's activations as float32 (the default) or rounded to bf16
+    # ("bf16": bf16 dot products, AMX tiles where the CPU has them); decode steps keep float32.
+    bf16_activations: str = "float32"
     sincos: np.ndarray = field(init=False, repr=False)  # [n_positions, rotary_dim]
     _decode_plans: dict = field(init=False, default_factory=dict, repr=False, compare=False)  # see decode_plan
     _fast_weights: Any = field(init=False, default=None, repr=False, compare=False)  # see fast_weights
@@ -526,6 +538,8 @@ class Model:
                                  f"{'/'.join(np.dtype(t).name for t in allowed)} (load() widens float16 and 1-D bf16)")
         if self.int8_activations not in INT8_ACTIVATIONS:
             raise ValueError(f"int8_activations must be one of {', '.join(INT8_ACTIVATIONS)}, got {self.int8_activations!r}")
+        if self.bf16_activations not in BF16_ACTIVATIONS:
+            raise ValueError(f"bf16_activations must be one of {', '.join(BF16_ACTIVATIONS)}, got {self.bf16_activations!r}")
         self.sincos = ops.sinusoid_table(self.config.n_positions, self.config.rotary_dim)
 
     def logits(self, input_ids: Any, attention_mask: Any = None, position_ids: Any = None) -> np.ndarray:

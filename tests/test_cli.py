@@ -113,6 +113,7 @@ def test_score_subcommand(ckpt, tmp_path):
     (["--temperature", "hot"], "invalid float value"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--stop", ""], "--stop must not be empty"),
+    (["--bf16-activations", "half"], r"--bf16-activations: invalid choice: 'half' \(choose from '?float32'?, '?bf16'?\)"),
 ])  # fmt: skip
 def test_usage_errors_exit_2_with_one_line(args, message):
     line = one_line_error(run("def f():", *args), 2)

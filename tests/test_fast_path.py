@@ -43,20 +43,23 @@ def base(request, checkpoint_factory):
     return minicodegen.load(path, fast=False)
 
 
-@pytest.mark.parametrize("dtype,acts", [("float32", "int8"), ("bfloat16", "int8"), ("int8", "float32"), ("int8", "int8")])
+@pytest.mark.parametrize("dtype,acts", [("float32", "int8"), ("bfloat16", "int8"), ("int8", "float32"), ("int8", "int8"),
+                                        ("bfloat16", "bf16")])
 def test_kernels_equal_numpy_definition(base, dtype, acts):
     """The kernels against the NumPy definition, whole model, prompt and decode steps.  int8 weights
     with int8 activations: each integer product equals its definition exactly (test_kernels_integer),
     but the float32 ops around them (layer norm, attention, gelu) differ in the last bits between
     kernel and NumPy, and now and then such a difference moves a value across a rounding boundary of
     the quantization: one step of 1/127 of its row's max.  So there the bound is a share of the
-    logits' spread (measured: 0.022 with std 0.86), and the argmax must agree almost everywhere."""
+    logits' spread (measured: 0.022 with std 0.86), and the argmax must agree almost everywhere.
+    bf16 weights with bf16 activations (prompts only): the same, for a boundary of bf16 rounding."""
     weights = stored_as(base.weights, dtype)
-    slow = M.Model(base.config, weights, fast=False, int8_activations=acts)
-    fast = M.Model(base.config, weights, fast=True, int8_activations=acts)
+    kw = {"bf16_activations": "bf16"} if acts == "bf16" else {"int8_activations": acts}
+    slow = M.Model(base.config, weights, fast=False, **kw)
+    fast = M.Model(base.config, weights, fast=True, **kw)
     ids = np.random.default_rng(0).integers(0, VOCAB, size=(2, 24))
     want = slow.logits(ids)
-    exact = dtype != "int8" or acts == "float32"
+    exact = (dtype != "int8" or acts == "float32") and acts != "bf16"
     tol = 1e-4 if exact else 0.1 * float(want.std())
     got = fast.logits(ids)
     assert np.abs(got - want).max() <= tol  # prefill: BLAS / tiled widening / integer panels

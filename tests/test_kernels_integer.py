@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from kernel_helpers import SETTINGS, odd_sizes, readonly, seeds
 
 from minicodegen import kernels as K
+from minicodegen import model as M
 from minicodegen import ops
-from minicodegen.kernels import cpu, integer, qgemm
+from minicodegen.kernels import amx, cpu, integer, qgemm
 from minicodegen.kernels.cpu import Isa
 
 FEATURES = cpu.target_features()
@@ -155,27 +156,53 @@ def test_the_activation_setting_is_checked():
     model.int8_activations = "fp8"
     with pytest.raises(ValueError, match="model.int8_activations must be one of"):
         model.logits([1, 2, 3])
+    with pytest.raises(ValueError, match="bf16_activations must be one of float32, bf16, got 'int8'"):
+        minicodegen.load("tiny", bf16_activations="int8")
+    with pytest.raises(ValueError, match="bf16_activations must be one of float32, bf16, got 'half'"):
+        M.Model(model.config, model.weights, bf16_activations="half")
 
 
+BF16_KERNELS = ["amx"] * amx.AMX_BF16 + ["vdpbf16ps"] * (qgemm.BF16_ISA.name == "avx512_bf16")
+
+
+@pytest.mark.parametrize("kernel", BF16_KERNELS or [pytest.param("none", marks=pytest.mark.skip(
+    reason="this CPU has neither AMX-BF16 nor AVX512-BF16: linear_bf16 widens instead (tests/test_kernels_prefill.py)"))])
 @SETTINGS
 @given(seeds, st.integers(1, 40), st.sampled_from([64, 128, 192]), st.sampled_from([32, 64, 96]), st.booleans())
-def test_the_bf16_prompt_kernel_is_within_a_float32_sum_of_its_definition(seed, T, n_out, n_in, with_bias):
-    """qgemm.linear_bf16_rows (vdpbf16ps; opt-in through linear_bf16(..., bf16_activations=True)) against
-    ops.linear_bf16_rows in float64: x rounded to bf16 exactly as the definition rounds it, the
-    sums within the error bound of a float32 sum of n_in products (vdpbf16ps rounds after each
-    pair; products of bf16 numbers are exact in float32)."""
-    if qgemm.BF16_ISA.name != "avx512_bf16":
-        pytest.skip("this CPU has no AVX512-BF16: linear_bf16 widens instead (tests/test_kernels_prefill.py)")
+def test_the_bf16_prompt_kernel_is_within_a_float32_sum_of_its_definition(kernel, seed, T, n_out, n_in, with_bias):
+    """qgemm.linear_bf16_rows (AMX tiles, tdpbf16ps, or vdpbf16ps; opt-in through linear_bf16(...,
+    bf16_activations=True)) against ops.linear_bf16_rows in float64: x rounded to bf16 exactly as the
+    definition rounds it, the sums within the error bound of a float32 sum of n_in products (both
+    instructions round after each pair; products of bf16 numbers are exact in float32)."""
     from kernel_helpers import gamma, to_bf16, widen
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((T, n_in)).astype(np.float32)
     W16 = to_bf16(rng.standard_normal((n_out, n_in)).astype(np.float32))
     b = rng.standard_normal(n_out).astype(np.float32) if with_bias else None
-    y = K.linear_bf16(x, W16, b, bf16_activations=True) if T > K.STREAM_MAX_T else qgemm.linear_bf16_rows(x, W16, b)
+    use_amx = kernel == "amx"
+    if T > K.STREAM_MAX_T and use_amx == amx.AMX_BF16:
+        y = K.linear_bf16(x, W16, b, bf16_activations=True)
+    else:
+        y = qgemm.linear_bf16_rows(x, W16, b, amx=use_amx)
     xr = ops.round_bf16(x).astype(np.float64)
     w = widen(W16).astype(np.float64)
     want = xr @ w.T + (0 if b is None else b)
     bound = gamma(n_in + 2) * (np.abs(xr) @ np.abs(w).T + (0 if b is None else np.abs(b))) + 1e-30
     assert np.all(np.abs(y - want) <= bound)
     np.testing.assert_array_equal(ops.round_bf16(x), widen(to_bf16(x)))  # (the definition's rounding is the helpers')
+
+
+def test_bf16_activations_round_x_on_every_cpu():
+    """kernels.linear_bf16(..., bf16_activations=True) computes ops.linear_bf16_rows for any number
+    of rows and any shape: where no bf16 unit takes the shape (n_out = 40 here, a decode step of 2
+    rows), x is rounded and goes through the widening kernels."""
+    from kernel_helpers import to_bf16
+
+    rng = np.random.default_rng(5)
+    W16 = to_bf16(rng.standard_normal((40, 48)).astype(np.float32))
+    for T in (2, 20):
+        x = rng.standard_normal((T, 48)).astype(np.float32)
+        want = ops.linear_bf16_rows(x, W16)
+        np.testing.assert_allclose(K.linear_bf16(x, W16, bf16_activations=True), want, rtol=1e-5, atol=1e-5)
+        assert np.abs(K.linear_bf16(x, W16) - want).max() > 1e-4  # (float32 x gives another result)
