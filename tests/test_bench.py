@@ -33,12 +33,13 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "## Performance", "Bandwidth bound", "First run", "minicodegen int8, float32 activations: decode",
         "batch of 2 prompts", "batch of 8 prompts", "### Engines side by side", "### Decode steps of a batch",
         "decode steps of B rows at once", "int8, float32 activations: identical prefix", "int4: identical prefix",
-        "Target int4 decode",
+        "Target int4 decode", "minicodegen bf16, bf16 activations: decode", "bf16, bf16 activations: identical prefix",
     ]:  # fmt: skip
         assert figure in out, f"missing {figure!r} in:\n{out}"
     rows = [ln for ln in out.splitlines() if re.match(r"\| (transformers|minicodegen) ", ln)]
-    # transformers twice (OpenMP default / PASSIVE), minicodegen 4 dtypes x (in memory, mapped) + int8 with float activations
-    assert len(rows) == 11, out
+    # transformers twice (OpenMP default / PASSIVE), minicodegen 4 dtypes x (in memory, mapped) + int8 with float
+    # activations + bf16 with bf16 activations
+    assert len(rows) == 12, out
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert len(cells) == 11 and all(cells), row

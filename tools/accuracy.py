@@ -1,4 +1,4 @@
-"""How far bf16, int8 and int4 weights move the model from fp32 (int8 with each activation path).
+"""How far bf16, int8 and int4 weights move the model from fp32 (int8 and bf16 with each activation path).
 
 Three measurements:
 
@@ -9,6 +9,8 @@ Three measurements:
   - int8, int8 activations (the default): activations quantized per row, integer dot products;
   - int4: the int8 file converted to int4 as it loads (``load("tiny", dtype="int4")``: the token
     embedding, tied to the head, stays int8), and the same with the embedding in int4 too;
+  - bf16: the fp32 weights rounded to bf16, with float32 activations (the default) and with
+    prompt activations rounded to bf16 (``Model.bf16_activations = "bf16"``);
 * the 350M shape with random weights (``--workdir`` of tools/bench.py, which holds fp32 / bf16 /
   int8 / int4 ``.npz`` conversions of one checkpoint): logits of 128 positions of a pseudo-random
   sequence, max |Δ logits| against fp32 and the argmax agreement;
@@ -62,10 +64,15 @@ def main() -> None:
         q4e = minicodegen.load("tiny", dtype="int4")  # the (tied) embedding in int4 too
         wte = "transformer.wte.weight"
         q4e.weights[wte], q4e.weights[wte + ".scale"] = npz.quantize_int4(q.weights[wte], scale=q.weights[wte + ".scale"])
+        b16 = minicodegen.load("tiny")
+        b16.weights = npz.convert_weights(f32.weights, "bfloat16")
+        b16a = minicodegen.load("tiny", bf16_activations="bf16")
+        b16a.weights = b16.weights
         print("tiny, validation loss (nats/token, TINY.md's held-out files):")
         base = None
         for label, m in (("fp32 (dequantized)", f32), ("int8, float32 activations", fl), ("int8, int8 activations", q),
-                         ("int4 (embedding int8)", q4), ("int4, embedding int4 too", q4e)):
+                         ("int4 (embedding int8)", q4), ("int4, embedding int4 too", q4e), ("bf16, float32 activations", b16),
+                         ("bf16, bf16 activations", b16a)):
             t0 = time.perf_counter()
             loss, n = tiny_loss(m)
             base = loss if base is None else base
@@ -79,13 +86,13 @@ def main() -> None:
         z_ref = minicodegen.forward(ref, seq[None])[0]
         print(f"\n350M shape, random weights ({work}), logits of 128 positions against fp32 "
               f"(max |logit| {np.abs(z_ref).max():.3g}):")
-        for label, path, acts in (("bf16", "bfloat16.npz", "int8"), ("int8, float32 activations", "int8.npz", "float32"),
-                                  ("int8, int8 activations", "int8.npz", "int8"), ("int4", "int4.npz", "int8")):
+        for label, path, acts in (("bf16", "bfloat16.npz", {}), ("bf16, bf16 activations", "bfloat16.npz", {"bf16_activations": "bf16"}),
+                                  ("int8, float32 activations", "int8.npz", {"int8_activations": "float32"}),
+                                  ("int8, int8 activations", "int8.npz", {}), ("int4", "int4.npz", {})):
             if not (work / path).exists():
                 print(f"  {label}: no {work / path}")
                 continue
-            m = minicodegen.load(work / path)
-            m.int8_activations = acts
+            m = minicodegen.load(work / path, **acts)
             compare(label, minicodegen.forward(m, seq[None])[0], z_ref)
     else:
         print(f"\n(no 350M checkpoints in {work}: run tools/bench.py first, or pass --workdir)")

@@ -100,7 +100,12 @@ MCG_CONFIGS = {
     # int8 weights times float32 activations (Model.int8_activations = "float32"), the path before integer kernels
     "int8-float": {"label": "minicodegen int8, float32 activations", "dtype": "int8", "mapped": False,
                    "int8_activations": "float32"},
+    # bf16 weights times prompt activations rounded to bf16 (Model.bf16_activations = "bf16"): AMX tiles or
+    # vdpbf16ps where the CPU has them; decode steps are bf16's (no batch or scan runs)
+    "bf16-bf16": {"label": "minicodegen bf16, bf16 activations", "dtype": "bfloat16", "mapped": False,
+                  "bf16_activations": "bf16"},
 }
+EXTRA = ("int8-float", "bf16-bf16")  # the configurations beside one per dtype, in the agreement and scan lists
 SCAN = (1, 2, 4, 8, 16, 32)  # batch sizes of the decode-steps figure (minicodegen, weights in memory)
 # CTranslate2: one converted model per quantization (written to <workdir>/ct2-<dtype>), loaded with
 # the same compute_type; "dtype" also names the minicodegen weights whose bytes per token it reads.
@@ -310,6 +315,7 @@ def w_mcg(a: dict) -> None:
     t0 = time.perf_counter()
     model = minicodegen.load(a["npz"], mapped=bool(a["mapped"]))
     model.int8_activations = a.get("int8_activations", "int8")
+    model.bf16_activations = a.get("bf16_activations", "float32")
     t_load = time.perf_counter() - t0
     cfg = model.config
     wbytes = sum(w.nbytes for w in model.weights.values())
@@ -595,6 +601,7 @@ def w_agree(a: dict) -> None:
     models = {dt: minicodegen.load(work / f"{dt}.npz") for dt in DTYPES}
     models["int8-float"] = minicodegen.load(work / "int8.npz")
     models["int8-float"].int8_activations = "float32"
+    models["bf16-bf16"] = minicodegen.load(work / "bfloat16.npz", bf16_activations="bf16")
     cfg = models["float32"].config
     prompt = np.array(token_ids(a["prompt_T"], cfg.vocab_size, 1), np.int64)
     P, N = len(prompt), a["new_T"]
@@ -613,7 +620,7 @@ def w_agree(a: dict) -> None:
     ref_logits = forward(models["float32"], prompt[None])[0]
     out: dict = {"ref_tokens": ref, "distinct_ref_tokens": len(set(ref)),
                  "ref_logit_absmax": float(np.abs(ref_logits).max())}
-    for dt in [*DTYPES, "int8-float"]:
+    for dt in [*DTYPES, *EXTRA]:
         m = models[dt]
         toks = ref if dt == "float32" else greedy(m)
         prefix = next((i for i, (x, y) in enumerate(zip(toks, ref)) if x != y), N)
@@ -851,9 +858,10 @@ def main(argv: list[str] | None = None) -> None:
         for key in order if rnd % 2 == 0 else order[::-1]:
             # the batch figures: not for the mapped rows (the same arithmetic as in memory); the decode
             # steps of B rows for minicodegen's in-memory rows; transformers batches of 8 only (time)
+            # (nor for bf16 activations: they change only the prompt)
             mapped = MCG_CONFIGS.get(key, {}).get("mapped", False)
-            a = {**common, "generate": rnd == 0, "batch": not mapped,
-                 "scan": sizes["scan"] if key in MCG_CONFIGS and not mapped else None}
+            a = {**common, "generate": rnd == 0, "batch": not mapped and key != "bf16-bf16",
+                 "scan": sizes["scan"] if key in MCG_CONFIGS and not mapped and key != "bf16-bf16" else None}
             if key in TORCH_CONFIGS:
                 r = run_worker("hf", {**a, "hf_dir": str(work / "hf"), "batch_Bs": sizes["batch_Bs"][:1]}, th,
                                torch_env[key])
@@ -864,7 +872,8 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 c = MCG_CONFIGS[key]
                 r = run_worker("mcg", {**a, "npz": str(work / f"{c['dtype']}.npz"), "mapped": c["mapped"],
-                                       "int8_activations": c.get("int8_activations", "int8")}, th)
+                                       "int8_activations": c.get("int8_activations", "int8"),
+                                       "bf16_activations": c.get("bf16_activations", "float32")}, th)
             res[key] = _merge(res.get(key), r, sizes)
     # Once more at the end: on a busy host the rate at a round's start can be well below what the
     # decode runs of the same round then read (a bound below the figures it bounds).
@@ -882,9 +891,9 @@ def main(argv: list[str] | None = None) -> None:
     N = sizes["new_T"]
     print(f"\nagreement with fp32 over {N} greedy tokens after a {sizes['prompt_T']}-token prompt "
           f"(fp32 greedy run: {ag['distinct_ref_tokens']} distinct tokens; max |fp32 logit| {ag['ref_logit_absmax']:.3g}):")
-    for dt in [*DTYPES[1:], "int8-float"]:
+    for dt in [*DTYPES[1:], *EXTRA]:
         g = ag[dt]
-        print(f"  {SHORT.get(dt, 'int8, float32 activations')}: identical prefix {g['prefix']}/{N}; teacher-forced argmax agreement "
+        print(f"  {SHORT.get(dt) or label_of(dt).removeprefix('minicodegen ')}: identical prefix {g['prefix']}/{N}; teacher-forced argmax agreement "
               f"{g['teacher_forced']}/{N} ({100 * g['teacher_forced'] / N:.1f}%); max |Δlogits| on the prompt "
               f"{g['max_dlogit']:.3g} (median top-2 logit margin {g['median_top2_margin']:.3g})")
     print(f"  fp32 teacher-forced self-check {ag['float32']['teacher_forced']}/{N}; "
@@ -1059,9 +1068,9 @@ def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch, 
           + " / ".join(f"{rate / res[dt]['read_per_token']:.1f}" for dt in DTYPES)
           + " tok/s for " + " / ".join(SHORT[dt] for dt in DTYPES) + ".")
     print(f"\nAccuracy against fp32 weights (greedy, {N} tokens): "
-          + "; ".join(f"{SHORT.get(dt, 'int8 with float32 activations')} identical prefix {ag[dt]['prefix']}/{N}, "
+          + "; ".join(f"{SHORT.get(dt) or label_of(dt).removeprefix('minicodegen ')} identical prefix {ag[dt]['prefix']}/{N}, "
                       f"teacher-forced argmax agreement {100 * ag[dt]['teacher_forced'] / N:.1f}%, max |Δlogits| "
-                      f"{ag[dt]['max_dlogit']:.2g}" for dt in [*DTYPES[1:], "int8-float"])
+                      f"{ag[dt]['max_dlogit']:.2g}" for dt in [*DTYPES[1:], *EXTRA])
           + f" (max |logit| {ag['ref_logit_absmax']:.2g}; random weights have small top-2 margins, so these "
           f"understate agreement on a trained model). fp32 with the kernels vs the NumPy definition: "
           f"{ag['fp32_fast_vs_numpy']:.1g}"
@@ -1091,6 +1100,7 @@ def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch, 
     rows += [(SHORT[dt], engine, res[key]) for dt in DTYPES
              for engine, key in (("CTranslate2", f"ct2-{dt}"), ("minicodegen", dt)) if key in res]
     rows.append(("int8", "minicodegen, float32 activations", res["int8-float"]))
+    rows.append(("bf16", "minicodegen, bf16 activations", res["bf16-bf16"]))
 
     def batch_cells(r: dict) -> str:
         cells = []
@@ -1120,7 +1130,7 @@ def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch, 
           f"of {P} tokens (the steps only; median over the rounds):\n")
     print("| weights | " + " | ".join(f"B = {B}" for B in scan) + " |")
     print("|---|" + "---:|" * len(scan))
-    for key in [*DTYPES, "int8-float"]:
+    for key in [*DTYPES, *EXTRA]:
         if f"scan_{scan[0]}" in res[key]:
             print(f"| {label_of(key).removeprefix('minicodegen ')} | "
                   + " | ".join(f"{median(res[key][f'scan_{B}']):.1f}" for B in scan) + " |")
@@ -1133,6 +1143,8 @@ def _summary(m, shape, th, rounds, sizes, res, mr, c1, c2, ag, disk, has_torch, 
             ("batch of 8, int8 ≥ 2× CTranslate2 int8's tok/s", res["int8"][f"batch_tps_{BS[0]}"] / c[f"batch_tps_{BS[0]}"], 2.0, True),
             ("decode int8 ≥ 3× CTranslate2 int8's tok/s", res["int8"]["decode_tps"] / c["decode_tps"], 3.0, True),
             ("prompt bf16 ≤ 0.7× minicodegen fp32's time", res["bfloat16"]["prefill_s"] / res["float32"]["prefill_s"], 0.7, False),
+            ("prompt bf16, bf16 activations ≤ 0.7× minicodegen fp32's time",
+             res["bf16-bf16"]["prefill_s"] / res["float32"]["prefill_s"], 0.7, False),
         ]
         if cf:
             checks += [("prompt fp32 ≤ 1.0× CTranslate2 fp32's time", res["float32"]["prefill_s"] / cf["prefill_s"], 1.0, False),
