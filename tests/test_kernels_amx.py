@@ -62,7 +62,10 @@ def test_the_tiles_of_x_hold_every_byte_once(T, n_in):
     Wp = np.empty(amx.panels_shape(W.shape), np.int32)
     amx._pack_panels(W, Wp)
     u = Wp.view(np.uint8).reshape(Wp.shape[0], n_in // 4, 32, 4) ^ 0x80  # [panel, group, row, byte]
-    np.testing.assert_array_equal(u.transpose(0, 2, 1, 3).reshape(-1, n_in).view(np.int8), W[:Wp.shape[0] * 32])
+    rows = u.transpose(0, 2, 1, 3).reshape(-1, n_in).view(np.int8)
+    assert Wp.shape[0] == -(-len(W) // 32)
+    np.testing.assert_array_equal(rows[:len(W)], W)
+    assert (rows[len(W):] == 0).all()  # (the last panel's rows past n_out: zero weights)
 
 
 def test_tiles_asked_for_where_the_cpu_has_none_are_refused(monkeypatch):
@@ -78,7 +81,7 @@ def test_tiles_asked_for_where_the_cpu_has_none_are_refused(monkeypatch):
 @given(seeds, st.integers(9, 80), st.sampled_from([32, 33, 64, 95, 200]), st.sampled_from([64, 128, 320]), st.booleans())
 def test_the_amx_kernel_equals_its_definition(seed, T, n_out, n_in, with_bias):
     """T not a multiple of the 32 tokens of a block; n_out not one of the 32 rows of a panel (the
-    rest through qgemm._qgemm); through qgemm.linear_int8_rows, which the model's prompts call."""
+    last panel partial); through qgemm.linear_int8_rows, which the model's prompts call."""
     x, W, scale, b = int8_problem(np.random.default_rng(seed), T, n_out, n_in, with_bias)
     want = ops.linear_int8_rows(x, W, scale, b)
     np.testing.assert_array_equal(qgemm.linear_int8_rows(x, W, scale, b, amx=True), want)

@@ -22,8 +22,9 @@ in L2); in each chunk the threads take panels, and write every 32 x 32 block of 
 definition rounds it (``_write_block``).  The integer sums are
 exact, so int8 equals ``ops.linear_int8_rows`` bit for bit, as every other integer kernel does;
 bf16 rounds after each pair of products, as vdpbf16ps does (within the error bound of a float32
-sum of ``ops.linear_bf16_rows``).  Rows of W past the last full panel of 32 (none in CodeGen's
-matrices) are the wrapper's (``qgemm._qgemm``; bf16 needs n_out % 32 == 0).
+sum of ``ops.linear_bf16_rows``).  A last panel of fewer than 32 rows (the 50,295 rows of tiny's
+head; none of CodeGen's matrices) is packed beside zero weights, and its sums past n_out are not
+written.
 
 A thread configures its tiles (``_tile_config``: palette 1, eight tiles of 16 rows x 64 bytes)
 before its first block of a panel and releases them (``_tile_release``) after the last.  The
@@ -167,11 +168,18 @@ def _x_tiles(xq, Xt):  # pragma: no cover - compiled
 @njit(parallel=True, error_model="numpy", cache=True)
 def _pack_panels(W, Wp):  # pragma: no cover - compiled
     """Wp[p] = the 4-byte groups of rows 32 p .. 32 p + 31 of W (integer._pack16: int8 as w + 128,
-    bf16 as they are): W [n_out, n] int8 or bf16 bits, Wp int32 [n_out // 32, n * itemsize / 4, 32]."""
+    bf16 as they are), rows past n_out zero weights: W [n_out, n] int8 or bf16 bits, Wp int32
+    [ceil(n_out / 32), n * itemsize / 4, 32] (panels_shape)."""
+    n_out, n = W.shape
     for p in prange(Wp.shape[0]):
+        src, r0 = W, _TN * p
+        if r0 + _TN > n_out:  # the last panel, partial: its rows copied beside zeros
+            src = np.zeros((_TN, n), W.dtype)
+            src[: n_out - r0] = W[r0:]
+            r0 = 0
         for s in range(0, _TN, 16):
-            for k0 in range(0, W.shape[1], _K // W.itemsize):
-                _pack16(W, _TN * p + s, k0, Wp[p], s)
+            for k0 in range(0, n, _K // W.itemsize):
+                _pack16(src, r0 + s, k0, Wp[p], s)
 
 
 def _new_sums(Xt):  # pragma: no cover - replaced by the overload
@@ -186,8 +194,8 @@ def _new_sums_impl(Xt):
 
 @njit(parallel=True, error_model="numpy", cache=True)
 def _gemm_amx(Xt, Wp, xsum, sx, scale, b, y):  # pragma: no cover - compiled
-    """The columns 0 .. 32 P - 1 of y on AMX tiles (see the module docstring), Wp the panels of W
-    (``_pack_panels``, P of them), Xt the tiles of x (``x_tiles_shape``), y [T, >= 32 P]:
+    """y on AMX tiles (see the module docstring), Wp the panels of W [n_out, n] (``_pack_panels``),
+    Xt the tiles of x (``x_tiles_shape``), y [T, n_out]:
 
     * int8: y = (xq @ W.T) * (sx[:, None] * scale) [+ b], xsum / sx [>= T] xq's row sums and scales;
     * bf16 (xsum, sx, scale None): y = widen(xb) @ widen(W).T [+ b].
@@ -210,28 +218,29 @@ def _gemm_amx(Xt, Wp, xsum, sx, scale, b, y):  # pragma: no cover - compiled
 def _write_block(C, t0, j0, xsum, sx, scale, b, y):  # pragma: no cover - compiled
     """y[t0 + a, j0 + r] for the sums C[a, r] of a block (rows before T), rounded as the definitions
     round: int8 ``float32(C - 128 xsum[t]) * (sx[t] * scale[j]) [+ b[j]]`` (integer._out), bf16
-    ``C [+ b[j]]``.  (Written on row slices, which LLVM vectorizes: calling _out per element took
-    8.7 ms for fc_in at T = 512 where this takes 4.7, the products alone 3.1.)"""
-    bj = b[j0:j0 + _TN] if b is not None else None
+    ``C [+ b[j]]``; columns before n_out.  (Written on row slices, which LLVM vectorizes: calling
+    _out per element took 8.7 ms for fc_in at T = 512 where this takes 4.7, the products alone 3.1.)"""
+    w = min(_TN, y.shape[1] - j0)
+    bj = b[j0:j0 + w] if b is not None else None
     for a in range(min(_TN, y.shape[0] - t0)):
-        row = y[t0 + a, j0:j0 + _TN]
+        row = y[t0 + a, j0:j0 + w]
         c = C[a]
         if xsum is None:
-            for r in range(_TN):
+            for r in range(w):
                 row[r] = c[r] + bj[r] if b is not None else c[r]
         else:
             off = np.int32(128) * xsum[t0 + a]
             st = sx[t0 + a]
-            s = scale[j0:j0 + _TN]
-            for r in range(_TN):
+            s = scale[j0:j0 + w]
+            for r in range(w):
                 v = np.float32(c[r] - off) * (st * s[r])
                 row[r] = v + bj[r] if b is not None else v
 
 
 def panels_shape(W_shape: tuple[int, int], itemsize: int = 1) -> tuple[int, int, int]:
-    """The shape of the panels of the full 32 rows of a weight ``W_shape`` (``_pack_panels``)."""
+    """The shape of the panels of 32 rows of a weight ``W_shape`` (``_pack_panels``)."""
     n_out, n_in = W_shape
-    return (n_out // _TN, n_in * itemsize // 4, _TN)
+    return (-(-n_out // _TN), n_in * itemsize // 4, _TN)
 
 
 def x_tiles_shape(T: int, n_in: int, itemsize: int = 1) -> tuple[int, int, int, int]:

@@ -358,11 +358,6 @@ def linear_int8_rows(x: np.ndarray, Wq: np.ndarray, scale: np.ndarray, b: np.nda
         _x_tiles(_ro(xq), Xt)
         _pack_panels(Wq, Wp)
         _gemm_amx(_ro(Xt), _ro(Wp), _ro(xsum), _ro(sx), scale, b, y)
-        j = n_out - n_out % 32  # (rows of W past the last panel of 32)
-        if j < n_out:
-            tail = np.empty((T, n_out - j), np.float32)
-            _qgemm(_ro(xq), _ro(xsum), _ro(sx), Wq[j:], scale[j:], None if b is None else b[j:], tail, isa)
-            y[:, j:] = tail
     elif packed:
         _qgemm_vnni(_ro(xq), _ro(xsum), _ro(sx), Wq, scale, b, y, isa)
     else:
