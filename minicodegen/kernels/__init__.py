@@ -53,6 +53,8 @@ Why kernels at all?
   128 rows into cache-sized float32 blocks and multiplies them with SIMD code of
   its own.  (It replaced float32 tiles of up to 32 MB fed to BLAS: a slightly
   faster prompt, about 25 MiB less peak RSS for the 350M shape.)
+  int8 weights multiply rows quantized to 8 bits with integer dot products (``qgemm``), on the
+  AMX tile unit where the CPU has one (``amx``: 16,384 multiply-adds of bytes per instruction).
   Attention over a prompt runs in blocks of 4 queries with explicit SIMD code
   (``attention._attend_prompt``), everything in cache.
 * Element-wise ops (layer norm, gelu, rotary) are one pass over memory here
