@@ -33,8 +33,9 @@ wrappers take this path for prompts (more than STREAM_MAX_T rows) when ``AMX_INT
 and n_in is a multiple of 64 bytes.
 
 Measured at the 350M shape (T = 512, 2 threads, this project's Xeon, model 207), interleaved,
-medians of 15: ``linear_int8`` of fc_in 3.3 ms against 5.0 with ``qgemm._qgemm_vnni``, fc_out
-5.5 against 8.1; bf16 fc_in with bf16 x 8.5 ms against 24.3 widened to float32.
+medians of 15, two runs: ``linear_int8`` of fc_in 5.1-5.5 ms against 6.9-7.1 with
+``qgemm._qgemm_vnni``, fc_out 5.5-5.7 against 7.8-8.5; bf16 fc_in with bf16 x 8.5 ms against 24.3
+widened to float32.
 
 Tested against (tests/test_kernels_amx.py and the bf16 prompt test of tests/test_kernels_integer.py,
 skipped where the CPU has no AMX): ``ops.linear_int8_rows`` bit for bit and ``ops.linear_bf16_rows``
