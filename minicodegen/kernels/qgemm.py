@@ -273,8 +273,9 @@ def linear_bf16_rows(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None, 
     multiple of 64); n_in a multiple of 32 (the caller checks ``bf16_rows_apply``)."""
     W = _check_w(W, np.uint16, "W")
     n_out, n_in = W.shape
-    amx = AMX_BF16 if amx is None else amx
-    if amx and not _amx_bf16():
+    if amx is None:
+        amx = AMX_BF16
+    elif amx and not _amx_bf16():  # (asked for explicitly: checked; 0.3 ms, so not at every call)
         raise ValueError("amx=True needs a CPU with AMX-BF16 whose tile registers the system granted (cpu.amx_bf16)")
     tiles = amx and n_in % 32 == 0 and n_out % 32 == 0 and n_out > 0
     if not (tiles or (BF16_ISA.name == "avx512_bf16" and n_in % 32 == 0 and n_out % _NR == 0 and n_out > 0)):
@@ -330,8 +331,9 @@ def linear_int8_rows(x: np.ndarray, Wq: np.ndarray, scale: np.ndarray, b: np.nda
     n_out, n_in = Wq.shape
     if n_in > 65536:
         raise ValueError(f"n_in={n_in} is too long for exact int32 sums of int8 products (at most 65536)")
-    amx = AMX_INT8 if amx is None else amx
-    if amx and not _amx_int8():
+    if amx is None:
+        amx = AMX_INT8
+    elif amx and not _amx_int8():  # (asked for explicitly: checked; 0.3 ms, so not at every call)
         raise ValueError("amx=True needs a CPU with AMX-INT8 whose tile registers the system granted (cpu.amx_int8)")
     scale = _prep_vec(scale, n_out, "scale")
     if scale is None:
