@@ -339,22 +339,23 @@ def block(
     # attention: fused qkv projection, mp_num=4 split, rotary on q and k, attend over the cache
     acts = {"int8_activations": int8_activations, "bf16_activations": bf16_activations}
     qkv = dense(rows, weights, p + "attn.qkv_proj", fast, **acts).reshape(B, T, 3 * E)
-    q, k, v = ops.split_qkv(qkv, H)  # 3 × [B, T, H, D]
-    if trace is not None:
-        trace |= {f"h.{i}.q_split": q, f"h.{i}.k_split": k, f"h.{i}.v": v}
-    q = op.apply_rotary(q, sincos, cfg.rotary_dim)
-    k = op.apply_rotary(k, sincos, cfg.rotary_dim)
-    cache.k[i][:, :, S0:S] = k.transpose(0, 2, 1, 3)
-    cache.v[i][:, :, S0:S] = v.transpose(0, 2, 1, 3)
-    q = q.transpose(0, 2, 1, 3)  # [B, H, T, D]
-    if fast and trace is None:
-        a = kernels.attend_cached(np.ascontiguousarray(q), cache.k[i], cache.v[i], S, cache.mask[:, :S] != 0)
+    if fast and trace is None:  # the steps below in two kernel calls, the same bits
+        q = kernels.rope_into_cache(qkv, sincos, cfg.rotary_dim, H, cache.k[i], cache.v[i], S0)
+        a = kernels.attend_cached(q, cache.k[i], cache.v[i], S, cache.mask[:, :S] != 0)
     else:
+        q, k, v = ops.split_qkv(qkv, H)  # 3 × [B, T, H, D]
+        if trace is not None:
+            trace |= {f"h.{i}.q_split": q, f"h.{i}.k_split": k, f"h.{i}.v": v}
+        q = op.apply_rotary(q, sincos, cfg.rotary_dim)
+        k = op.apply_rotary(k, sincos, cfg.rotary_dim)
+        cache.k[i][:, :, S0:S] = k.transpose(0, 2, 1, 3)
+        cache.v[i][:, :, S0:S] = v.transpose(0, 2, 1, 3)
+        q = q.transpose(0, 2, 1, 3)  # [B, H, T, D]
         mask = ops.causal_mask(cache.mask[:, :S], T)  # [B, 1, T, S]
         a, probs = ops.attention(q, cache.k[i][:, :, :S], cache.v[i][:, :, :S], mask)
         if trace is not None:
             trace |= {f"h.{i}.q": q.transpose(0, 2, 1, 3), f"h.{i}.k": k, f"h.{i}.attn_probs": probs}
-    a = a.transpose(0, 2, 1, 3).reshape(B * T, E)  # merge heads: [B, T, H·D]
+    a = a.transpose(0, 2, 1, 3).reshape(B * T, E)  # merge heads: [B, T, H·D] (attend_cached's memory: no copy)
     attn_out = dense(a, weights, p + "attn.out_proj", fast, **acts)
 
     # MLP on the same ln_1 output (parallel residual)

@@ -29,7 +29,7 @@ Modules, each importing only from those above it:
   steps of a batch (``linear_int8_packed`` and the fused block's steps; any number of rows).
 * ``gemv``: decode matrix-vector products and the public ``linear*`` functions.
 * ``attention``: ``attend_cached``, softmax attention over the KV cache (decode and prompt).
-* ``elementwise``: ``layer_norm``, ``gelu_new``, ``apply_rotary``.
+* ``elementwise``: ``layer_norm``, ``gelu_new``, ``apply_rotary``, ``rope_into_cache``.
 * ``decode``: a decode step of whole blocks fused (``decode_layers``, ``decode_block``).
 * ``cache``: the on-disk compile cache and its guard against stale code, ``warmup``,
   ``needs_compiling``.
@@ -110,7 +110,7 @@ from .packed import linear_int8_packed, pack_int8, packs
 from .gemv import (PREFETCH_BF16, PREFETCH_F32, PREFETCH_INT8, STREAM_MAX_T, linear, linear_bf16, linear_f16,
                    linear_f32, linear_int4, linear_int8)
 from .attention import ATTEND_BLOCK_MIN_T, attend_cached
-from .elementwise import apply_rotary, gelu_new, layer_norm
+from .elementwise import apply_rotary, gelu_new, layer_norm, rope_into_cache
 from .decode import decode_block, decode_layers, decode_weights
 from .cache import DTYPES, cache_dir, needs_compiling, refresh_cache, warmup
 
@@ -128,6 +128,7 @@ __all__ = [
     "layer_norm",
     "gelu_new",
     "apply_rotary",
+    "rope_into_cache",
     "decode_block",
     "decode_layers",
     "decode_weights",

@@ -4,7 +4,9 @@ Fewer than ``ATTEND_BLOCK_MIN_T`` queries (decode): ``_attend``, one query at a 
 (``_attend_query`` scores four keys at a time with ``simd._dot`` and prefetches keys and
 values).  A prompt: ``_attend_prompt``, blocks of 4 queries as two small matrix products
 (``simd._matmul_rows``) around a softmax.  Both take the softmax from ``_softmax_row``
-(``_row_max``, ``simd._exp_f32``); ``_mask_arrays`` turns a key mask into (allowed, bias).
+(``_row_max``, ``simd._exp_f32``), a prompt row without padding from ``_softmax_dense`` (the
+same values in two passes fewer); ``_mask_arrays`` turns a key mask into (allowed, bias).
+The output's memory is [B, T, H * D], heads merged, as ``out_proj`` reads it.
 
 Tested against (tests/test_kernels_attention.py): the definition as an explicit float64 loop
 (softmax of q.k / sqrt(D) + mask over the visible keys, times the values; zeros for a query
@@ -19,7 +21,10 @@ import numpy as np
 from numba import njit, prange
 
 from .arrays import _ro, _tile_buffer
-from .simd import _FM, _LANES, _U, _dot, _exp_f32, _matmul_rows, _prefetch
+from .simd import _FM, _LANES, _U, _dot, _exp_f32, _matmul_rows, _prefetch, _transpose_add16
+
+# Added to the keys as _transpose_add16 transposes them: x + -0.0 is x, bit for bit (-0.0 too).
+_MINUS_ZEROS = np.full(16, -0.0, np.float32)
 
 # A float additive attention mask marks a key as masked when its value is at or
 # below this (covers -inf, float32 min as used by transformers, and -1e9).
@@ -100,12 +105,12 @@ def _attend(q, k, v, S, allowed, bias, out):  # pragma: no cover - compiled
     """Causal softmax attention over the first S cached positions.
 
     q [B, H, T, D], k/v [B, H, S_cap, D], allowed [B, S] bool, bias [B, S] f32
-    or None, out [B, H, T, D].  Query t sits at position S - T + t and sees
+    or None, out [B, T, H * D] (heads merged: head h at columns h * D .. h * D + D - 1).  Query t sits at position S - T + t and sees
     keys j <= S - T + t with allowed[b, j]; score = q.k / sqrt(D) (+ bias[b, j]);
     weights = softmax over the visible keys (exactly 0 elsewhere).  A query with
     no visible key gets a zero output.
     """
-    B, H, T, _ = q.shape
+    B, H, T, D = q.shape
     for bh in prange(B * H):
         bi = bh // H
         h = bh % H
@@ -113,7 +118,8 @@ def _attend(q, k, v, S, allowed, bias, out):  # pragma: no cover - compiled
         acc = np.empty(16, np.float32)
         bias_row = None if bias is None else bias[bi]
         for t in range(T):
-            _attend_query(q[bi, h, t], k[bi, h], v[bi, h], S - T + t, allowed[bi], bias_row, p, out[bi, h, t], acc)
+            _attend_query(q[bi, h, t], k[bi, h], v[bi, h], S - T + t, allowed[bi], bias_row, p,
+                          out[bi, t, h * D:(h + 1) * D], acc)
 
 
 def _mask_arrays(key_mask: np.ndarray | None, B: int, S: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -152,6 +158,9 @@ def attend_cached(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, S: in
     j <= S - T + t that the mask allows; ``scores = q @ k.T / sqrt(D) + mask``;
     ``out = softmax(scores) @ v`` with masked keys weighted exactly 0; a query
     with no allowed key returns zeros.  Parallel over (B, H).
+
+    The result is a view: its memory holds [B, T, H * D], the heads merged, so that
+    ``out.transpose(0, 2, 1, 3).reshape(B, T, H * D)`` (the input of ``out_proj``) copies nothing.
     """
     q = np.ascontiguousarray(q, dtype=np.float32)
     B, H, T, D = q.shape
@@ -162,17 +171,17 @@ def attend_cached(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, S: in
     k_cache = np.ascontiguousarray(k_cache, dtype=np.float32)
     v_cache = np.ascontiguousarray(v_cache, dtype=np.float32)
     allowed, bias = _mask_arrays(key_mask, B, S)
-    out = np.empty_like(q)
+    out = np.empty((B, T, H * D), np.float32)  # heads merged
     if T < ATTEND_BLOCK_MIN_T:
         _attend(_ro(q), _ro(k_cache), _ro(v_cache), S, allowed, bias, out)
-        return out
+        return out.reshape(B, T, H, D).transpose(0, 2, 1, 3)
     # Many queries (a prompt): blocks of 4 queries against a transposed copy of the keys.
     Dp, NK = -(-D // _LANES) * _LANES, -(-S // 32) * 32
     scratch = _tile_buffer(2 * B * H * Dp * NK)  # reused: no fresh pages at every layer
     kts = scratch[: B * H * Dp * NK].reshape(B * H, Dp, NK)
     vps = scratch[B * H * Dp * NK:].reshape(B * H, NK, Dp)
     _attend_prompt(_ro(q), _ro(k_cache), _ro(v_cache), S, allowed, bias, out, kts, vps)
-    return out
+    return out.reshape(B, T, H, D).transpose(0, 2, 1, 3)
 
 
 # attend_cached with at least this many queries uses _attend_prompt, fewer _attend's one query
@@ -226,6 +235,24 @@ def _softmax_row(row, j0, n, allowed, bias, scale, acc):  # pragma: no cover - c
         row[j] *= inv
 
 
+@njit(inline="always", fastmath=_FM, error_model="numpy")
+def _softmax_dense(row, n, scale, acc):  # pragma: no cover - compiled
+    """_softmax_row(row, 0, n, ...) where all n keys are allowed and there is no bias: the
+    same values in two passes fewer.  max(row / scale) = max(row) / scale (rounding is
+    monotone), so the scores are divided by scale where they are exponentiated."""
+    if n == 0:
+        return
+    m = _row_max(row, 0, n, acc) / scale
+    tot = np.float32(0.0)
+    for j in range(n):
+        e = _exp_f32(row[j] / scale - m)
+        row[j] = e
+        tot += e
+    inv = np.float32(1.0) / tot
+    for j in range(n):
+        row[j] *= inv
+
+
 # ---------------------------------------------------------------------------
 # Attention of a prompt: blocks of 4 queries, written as explicit SIMD code.
 #
@@ -261,15 +288,23 @@ def _attend_prompt(q, k, v, S, allowed, bias, out, kts, vps):  # pragma: no cove
         kt = kts[bh]
         vp = vps[bh]
         kt[D:] = 0.0  # (columns past S and vp's extra columns are never used)
-        for j in range(S):
+        j16 = S - S % 16 if D == Dp else 0  # keys transposed in 16 x 16 blocks in registers
+        for j in range(0, j16, 16):
+            for d in range(0, D, 16):
+                _transpose_add16(k[b, h], j, d, _MINUS_ZEROS, 0, kt, d, j)
+        for j in range(j16, S):
             for d in range(D):
                 kt[d, j] = k[b, h, j, d]
+        for j in range(S if D < Dp else 0):  # (D a multiple of 16: the values are read in place)
             vp[j, :D] = v[b, h, j]
         acc = np.empty(16, np.float32)
         qb = np.zeros((_U, Dp), np.float32)
         p = np.empty((_U, NK), np.float32)
         ob = np.empty((_U, Dp), np.float32)
         bias_row = None if bias is None else bias[b]
+        dense = bias is None  # every key allowed, no bias (a row without padding): _softmax_dense
+        for j in range(S):
+            dense = dense and allowed[b, j]
         for t0 in range(0, T, _U):
             nq = min(_U, T - t0)
             for u in range(nq):
@@ -278,8 +313,14 @@ def _attend_prompt(q, k, v, S, allowed, bias, out, kts, vps):  # pragma: no cove
             _matmul_rows(qb, kt, Dp, (n + 15) // 16 * 16, p, False)  # scores (NK >= n rounded up to 16)
             for u in range(_U):
                 nu = S - T + t0 + u + 1 if u < nq else 0  # keys query u may see
-                _softmax_row(p[u], 0, nu, allowed[b], bias_row, scale, acc)
+                if dense:
+                    _softmax_dense(p[u], nu, scale, acc)
+                else:
+                    _softmax_row(p[u], 0, nu, allowed[b], bias_row, scale, acc)
                 p[u, nu:n] = 0.0
-            _matmul_rows(p, vp, n, Dp, ob, False)  # weights x values
+            if D == Dp:  # weights x values
+                _matmul_rows(p, v[b, h], n, Dp, ob, False)
+            else:
+                _matmul_rows(p, vp, n, Dp, ob, False)
             for u in range(nq):
-                out[b, h, t0 + u] = ob[u, :D]
+                out[b, t0 + u, h * D:(h + 1) * D] = ob[u, :D]

@@ -48,7 +48,7 @@ from . import amx, attention, decode, elementwise, gemv, int4, integer, packed, 
 from .cpu import IsaType
 from .attention import ATTEND_BLOCK_MIN_T, attend_cached
 from .decode import decode_block
-from .elementwise import apply_rotary, gelu_new, layer_norm
+from .elementwise import apply_rotary, gelu_new, layer_norm, rope_into_cache
 from .gemv import STREAM_MAX_T, linear_bf16, linear_f16, linear_f32, linear_int4, linear_int8
 from .packed import linear_int8_packed, pack_int8
 
@@ -212,6 +212,14 @@ def _rotary() -> None:
     apply_rotary(np.ascontiguousarray(qkv[:, :, :, 0]), rng.standard_normal((1, 2, 4), dtype=np.float32), 4)
 
 
+def _rope_into_cache() -> None:
+    """rope_into_cache of a prompt of 2 tokens, 4 heads of 8."""
+    rng = np.random.default_rng(0)
+    kv = np.zeros((1, 4, 3, 8), np.float32)
+    rope_into_cache(rng.standard_normal((1, 2, 96), dtype=np.float32), rng.standard_normal((1, 2, 4), dtype=np.float32),
+                    4, 4, kv, kv.copy(), 1)
+
+
 _E = 8
 _VNNI = packed.INT8_ISA.name == "avx512_vnni"  # (packed int8 weights: this CPU only)
 _STEPS: dict[str, Callable[[], object]] = {  # step -> what it runs
@@ -219,6 +227,7 @@ _STEPS: dict[str, Callable[[], object]] = {  # step -> what it runs
                                      np.ones(_E, np.float32), np.zeros(_E, np.float32), 1e-5),
     "gelu_new": lambda: gelu_new(np.random.default_rng(0).standard_normal((2, _E), dtype=np.float32)),
     "rotary": _rotary,
+    "rotary into the cache": _rope_into_cache,
     "attention (decode)": lambda: _attention(1),
     "attention (prompt)": lambda: _attention(ATTEND_BLOCK_MIN_T),
     "linear float32": lambda: (_linear("float32", 1), _linear("float32", STREAM_MAX_T + 1)),
@@ -251,7 +260,7 @@ _STEPS: dict[str, Callable[[], object]] = {  # step -> what it runs
 # (model.fast_weights): int8 models run the packed steps too, int4 models their int8 head through
 # linear int8 (packed).  (A single stream, the model run _model_signatures describes, does not.)
 _PACKED = ["linear int8 (packed)", "decode block int8 (packed)"] if _VNNI else []
-_COMMON = ["layer norm", "gelu_new", "rotary", "attention (decode)", "attention (prompt)"]
+_COMMON = ["layer norm", "gelu_new", "rotary", "rotary into the cache", "attention (decode)", "attention (prompt)"]
 _BY_DTYPE = {
     "float32": ["linear float32", "decode block float32"],
     "bfloat16": ["linear bfloat16 (decode)", "linear bfloat16 (prompt)", "decode block bfloat16"],
@@ -280,7 +289,7 @@ def warmup(dtypes: Sequence[str] | str | None = None) -> list[tuple[str, float]]
     None: every kernel, including linear_f16, which no model calls).
 
     Returns ``[(step, seconds), ...]`` in the order run: the steps are layer norm, gelu_new,
-    rotary, attention (decode / prompt), and per dtype linear (decode / prompt) and the fused
+    rotary (also into the cache), attention (decode / prompt), and per dtype linear (decode / prompt) and the fused
     decode block.  The total is ``sum(s for _, s in warmup(...))``.
     """
     done = []
@@ -346,8 +355,9 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
         "layer norm": [(elementwise._layer_norm, (a(2), a(1), a(1), f64, out2))],
         "gelu_new": [(elementwise._gelu_new, (out1, out1))],
         "rotary": [(elementwise._rotary, (x, a(3), i64, out4)) for x in (a(4, layout="A"), a(4))],
-        "attention (decode)": [(attention._attend, (a(4), a(4), a(4), i64, mask, b, out4)) for b in (none, a(2))],
-        "attention (prompt)": [(attention._attend_prompt, (a(4), a(4), a(4), i64, mask, b, out4, out3, out3))
+        "rotary into the cache": [(elementwise._rope_into_cache, (a(3), a(3), i64, i64, i64, out4, out4, i64, out4))],
+        "attention (decode)": [(attention._attend, (a(4), a(4), a(4), i64, mask, b, out3)) for b in (none, a(2))],
+        "attention (prompt)": [(attention._attend_prompt, (a(4), a(4), a(4), i64, mask, b, out3, out3, out3))
                                for b in (none, a(2))],
         "linear float32": streamed("float32"),
         "decode block float32": fused("float32"),
@@ -381,7 +391,7 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
 def _model_signatures(dtype: str, prompt_tokens: int) -> list[tuple[Callable, tuple]]:
     """The kernels and signatures that ``model.forward`` calls for one prompt of ``prompt_tokens``
     tokens (a batch of one row) and then decode steps, with weights of ``dtype``:
-    a subset of the warm-up's (the model passes boolean masks only, and rotates strided views).
+    a subset of the warm-up's (the model passes boolean masks only).
     tests/test_kernels_cache.py checks that a process which ran such a generation compiles
     nothing in the next one."""
     sig = _step_signatures()
@@ -390,7 +400,7 @@ def _model_signatures(dtype: str, prompt_tokens: int) -> list[tuple[Callable, tu
     out = sig["layer norm"] + sig[f"decode block {dt}"] + sig[head]  # ln_f, the blocks, lm_head
     T = prompt_tokens
     if T > 1:  # the prompt, block by block (boolean mask, no additive bias)
-        out += sig["gelu_new"] + sig["rotary"][:1]
+        out += sig["gelu_new"] + sig["rotary into the cache"]
         out += sig["attention (prompt)" if T >= ATTEND_BLOCK_MIN_T else "attention (decode)"][:1]
         if T > STREAM_MAX_T and dt != "float32":  # float32 prompts go to BLAS
             prompt = sig[f"linear {dt} (prompt)"]

@@ -22,7 +22,7 @@ from numba.extending import overload
 
 from .arrays import _check_w, _prep_vec, _ro
 from .attention import _attend_query
-from .elementwise import _gelu_new, _layer_norm, _rotate
+from .elementwise import _gelu_new, _layer_norm, _rope_head
 from .gemv import PREFETCH_BF16, PREFETCH_F32, PREFETCH_INT4, PREFETCH_INT8, _dot_rows, _gemv_step
 from .int4 import Q4Type, _q4gemv_pair, _q4gemv_sum_into, check_int4, q4_kind
 from .integer import INT8_ISA, _qgemv_pair, _qgemv_sum_into
@@ -77,19 +77,12 @@ def _rope_attend_step(qkv, sincos, rotary_dim, n_head, mp_num, k_cache, v_cache,
     and its value to slot S - 1, then attends over slots 0..S-1.
     """
     B = qkv.shape[0]
-    E = qkv.shape[1] // 3
-    D = E // n_head
-    heads_per_block = n_head // mp_num
-    block = 3 * E // mp_num
-    part = E // mp_num
+    D = qkv.shape[1] // 3 // n_head
     for bh in prange(B * n_head):
         b = bh // n_head
         h = bh % n_head
-        base = (h // heads_per_block) * block + (h % heads_per_block) * D
         q = np.empty(D, np.float32)
-        _rotate(qkv[b, base:base + D], sincos[b], rotary_dim, q)
-        _rotate(qkv[b, base + 2 * part:base + 2 * part + D], sincos[b], rotary_dim, k_cache[b, h, S - 1])
-        v_cache[b, h, S - 1, :] = qkv[b, base + part:base + part + D]
+        _rope_head(qkv[b], sincos[b], rotary_dim, n_head, mp_num, h, q, k_cache[b, h, S - 1], v_cache[b, h, S - 1])
         p = np.empty(S, np.float32)
         acc = np.empty(16, np.float32)
         _attend_query(q, k_cache[b, h], v_cache[b, h], S - 1, allowed[b], None, p, out[b, h * D:(h + 1) * D], acc)

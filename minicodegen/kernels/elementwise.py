@@ -1,14 +1,17 @@
-"""Element-wise ops in one pass over memory: ``layer_norm``, ``gelu_new``, ``apply_rotary``.
+"""Element-wise ops in one pass over memory: ``layer_norm``, ``gelu_new``, ``apply_rotary``,
+``rope_into_cache`` (a prompt's fused projection split into heads, rotated, keys and values
+stored in the KV cache).
 
 Kernels: ``_layer_norm`` (``_layer_norm_row``; statistics in float64), ``_gelu_new``
 (``_gelu_scalar``: the tanh GELU as x / (1 + exp(-2u)) with ``simd._exp_f32``), ``_rotary``
-(``_rotate``: one head, no fused multiply-add).  The fused decode block reuses
-``_layer_norm``, ``_gelu_new`` and ``_rotate``.
+(``_rotate``: one head, no fused multiply-add), ``_rope_into_cache`` (``_rope_head``: one
+token's head).  The fused decode block reuses ``_layer_norm``, ``_gelu_new`` and ``_rope_head``.
 
 Tested against (tests/test_kernels_elementwise.py): ``ops.layer_norm`` and the float64
 ``(x - mean) / sqrt(var + eps) * g + b``; ``ops.gelu_new`` and the float64
 ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``; ``ops.apply_rotary`` bit for bit, and the
-rotation written with complex numbers.
+rotation written with complex numbers; ``rope_into_cache`` bit for bit against ``ops.split_qkv``,
+``ops.apply_rotary`` and the cache written with NumPy.
 """
 
 from __future__ import annotations
@@ -148,3 +151,61 @@ def apply_rotary(x: np.ndarray, sincos: np.ndarray, rotary_dim: int,
         out = np.empty((B, T, H, D), np.float32)
     _rotary(_ro(x), _ro(sincos), rotary_dim, out)
     return out
+
+
+@njit(inline="always")
+def _rope_head(qkv_row, sc, rotary_dim, n_head, mp_num, h, q, k, v):  # pragma: no cover - compiled
+    """Head h of one token's qkv_proj output qkv_row [3E] (mp_num blocks of [q | v | k], see
+    ops.split_qkv): q, k [D] = its query and key rotated by sc [rotary_dim] (see _rotate), v [D]
+    = its value."""
+    E = qkv_row.shape[0] // 3
+    D = E // n_head
+    part = E // mp_num
+    base = (h // (n_head // mp_num)) * 3 * part + (h % (n_head // mp_num)) * D
+    _rotate(qkv_row[base:base + D], sc, rotary_dim, q)
+    _rotate(qkv_row[base + 2 * part:base + 2 * part + D], sc, rotary_dim, k)
+    v[:] = qkv_row[base + part:base + part + D]
+
+
+@njit(parallel=True, error_model="numpy", cache=True)
+def _rope_into_cache(qkv, sincos, rotary_dim, n_head, mp_num, k_cache, v_cache, S0, q):  # pragma: no cover - compiled
+    """For each row b, head h and token t: q[b, h, t] and k_cache[b, h, S0 + t] = the rotated
+    query and key, v_cache[b, h, S0 + t] = the value (_rope_head).  qkv [B, T, 3E], sincos
+    [B, T, rotary_dim], k_cache / v_cache [B, H, S_cap, D], q [B, H, T, D]."""
+    B, T, _ = qkv.shape
+    for bh in prange(B * n_head):
+        b = bh // n_head
+        h = bh % n_head
+        for t in range(T):
+            _rope_head(qkv[b, t], sincos[b, t], rotary_dim, n_head, mp_num, h, q[b, h, t],
+                       k_cache[b, h, S0 + t], v_cache[b, h, S0 + t])
+
+
+def rope_into_cache(qkv: np.ndarray, sincos: np.ndarray, rotary_dim: int, n_head: int,
+                    k_cache: np.ndarray, v_cache: np.ndarray, S0: int, mp_num: int = 4) -> np.ndarray:
+    """Split the fused projection into heads, rotate queries and keys, and store keys and values
+    in the cache, in one pass; returns the rotated queries.  qkv [B, T, 3E], sincos [B, T,
+    rotary_dim] -> q [B, H, T, D]; writes k_cache / v_cache [B, H, S_cap, D] at slots S0 .. S0 +
+    T - 1.  The same bits as ``ops.split_qkv``, then ``ops.apply_rotary`` on q and k, then
+    ``k_cache[:, :, S0:S0 + T] = k.transpose(0, 2, 1, 3)`` (and v)."""
+    qkv = np.ascontiguousarray(qkv, dtype=np.float32)
+    B, T, three_e = qkv.shape
+    E = three_e // 3
+    if three_e % 3 or E % n_head or n_head % mp_num:
+        raise ValueError(f"qkv's last axis ({three_e}) must be 3 x n_head ({n_head}) x D, "
+                         f"in mp_num ({mp_num}) blocks of whole heads")
+    D = E // n_head
+    if rotary_dim % 2 or not 0 <= rotary_dim <= D:
+        raise ValueError(f"rotary_dim must be even and <= D={D}, got {rotary_dim}")
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if (c.dtype != np.float32 or not c.flags.c_contiguous or not c.flags.writeable
+                or c.shape[:2] != (B, n_head) or c.shape[3] != D or not 0 <= S0 <= c.shape[2] - T):
+            raise ValueError(f"{name} must be a writeable C-contiguous float32 [B={B}, H={n_head}, "
+                             f">= S0 + T = {S0 + T}, D={D}] array, got {c.dtype} {c.shape}")
+    sincos = np.asarray(sincos, dtype=np.float32)
+    if sincos.shape != (B, T, rotary_dim):
+        sincos = np.ascontiguousarray(np.broadcast_to(sincos, (B, T, rotary_dim)))
+    q = np.empty((B, n_head, T, D), np.float32)
+    _rope_into_cache(_ro(qkv), _ro(np.ascontiguousarray(sincos)), rotary_dim, n_head, mp_num, k_cache, v_cache,
+                     S0, q)
+    return q
