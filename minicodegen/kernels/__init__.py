@@ -16,7 +16,8 @@ Modules, each importing only from those above it:
   prefetch, a vectorizable ``exp``, the 16-lane dot product ``_dot``, small matrix
   products ``_matmul_rows``, a 16 x 16 transpose.
 * ``arrays``: argument checks, read-only marking and scratch memory of the wrappers.
-* ``prefill``: ``x @ widen(W).T`` for a prompt with bf16 weights (and int8 with float32 activations).
+* ``prefill``: ``x @ widen(W).T`` for a prompt with float32 or bf16 weights (and int8 with float32
+  activations).
 * ``integer``: int8 weights times int8 activations: rows quantized on the fly, integer dot
   products (vpdpbusd / vpmaddwd) for decode steps and the fused block.
 * ``int4``: int4 weights (4-bit codes in groups with float16 scales) times int8 activations:
@@ -48,11 +49,13 @@ Why kernels at all?
   the blocks of a step with one call each, each block in three parallel loops
   (``decode``).
 * Reading a prompt (prefill, T = hundreds of tokens) is a matrix-*matrix*
-  product: compute-bound, and BLAS sgemm is hard to beat.  float32 weights go
-  to BLAS.  For bf16 / int8 weights ``prefill._prefill_linear`` widens panels of
-  128 rows into cache-sized float32 blocks and multiplies them with SIMD code of
-  its own.  (It replaced float32 tiles of up to 32 MB fed to BLAS: a slightly
-  faster prompt, about 25 MiB less peak RSS for the 350M shape.)
+  product: compute-bound.  ``prefill._prefill_linear`` widens (bf16, int8) or
+  copies (float32) panels of 128 rows into cache-sized float32 blocks and
+  multiplies them with SIMD code of its own, as fast as BLAS sgemm here; BLAS
+  is not used, because its threads spin on the cores after each call and slow
+  the Numba kernels in between (``gemv.linear_f32``).  (It also replaced
+  float32 tiles of up to 32 MB fed to BLAS: about 25 MiB less peak RSS for the
+  350M shape.)
   int8 weights multiply rows quantized to 8 bits with integer dot products (``qgemm``), on the
   AMX tile unit where the CPU has one (``amx``: 16,384 multiply-adds of bytes per instruction).
   Attention over a prompt runs in blocks of 4 queries with explicit SIMD code

@@ -359,7 +359,7 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
         "attention (decode)": [(attention._attend, (a(4), a(4), a(4), i64, mask, b, out3)) for b in (none, a(2))],
         "attention (prompt)": [(attention._attend_prompt, (a(4), a(4), a(4), i64, mask, b, out3, out3, out3))
                                for b in (none, a(2))],
-        "linear float32": streamed("float32"),
+        "linear float32": streamed("float32") + prefill_panels("float32"),
         "decode block float32": fused("float32"),
         "linear bfloat16 (decode)": streamed("bfloat16"),
         "linear bfloat16 (prompt)": prefill_panels("bfloat16"),
@@ -396,14 +396,15 @@ def _model_signatures(dtype: str, prompt_tokens: int) -> list[tuple[Callable, tu
     nothing in the next one."""
     sig = _step_signatures()
     dt = "float32" if dtype == "float16" else dtype  # float16 checkpoints are widened at load
-    head = "linear float32" if dt == "float32" else f"linear {'int8' if dt == 'int4' else dt} (decode)"  # (int4 files: int8 head)
-    out = sig["layer norm"] + sig[f"decode block {dt}"] + sig[head]  # ln_f, the blocks, lm_head
+    streamed, panels = sig["linear float32"][:2], sig["linear float32"][2:]  # (float32: up to / over STREAM_MAX_T rows)
+    head = streamed if dt == "float32" else sig[f"linear {'int8' if dt == 'int4' else dt} (decode)"]  # (int4 files: int8 head)
+    out = sig["layer norm"] + sig[f"decode block {dt}"] + head  # ln_f, the blocks, lm_head
     T = prompt_tokens
     if T > 1:  # the prompt, block by block (boolean mask, no additive bias)
         out += sig["gelu_new"] + sig["rotary into the cache"]
         out += sig["attention (prompt)" if T >= ATTEND_BLOCK_MIN_T else "attention (decode)"][:1]
-        if T > STREAM_MAX_T and dt != "float32":  # float32 prompts go to BLAS
-            prompt = sig[f"linear {dt} (prompt)"]
+        if T > STREAM_MAX_T:
+            prompt = panels if dt == "float32" else sig[f"linear {dt} (prompt)"]
             if dt == "int8":  # CodeGen's n_in are multiples of 64: AMX or VNNI where they run, else _qgemm
                 prompt = prompt[:1] + (prompt[3:] or prompt[1:3])
             out += prompt

@@ -4,8 +4,8 @@ public ``linear*`` functions, which use them for up to ``STREAM_MAX_T`` rows of 
 Kernels: ``_gemv`` (float32, bf16 or int8 weights; four rows a step through ``simd._dot``),
 ``_gemv_f16`` (float16 weights); ``_gemv_step`` / ``_rows_out`` are their loop body (the fused
 decode block uses them too), ``_prefetch_ahead`` the prefetch burst of the memory-rate probes
-in tools/.  Wrappers: ``linear_f32`` (more rows: BLAS), ``linear_bf16`` / ``linear_int8`` (more
-rows: ``prefill._prefill_linear``), ``linear_f16`` (more rows: NumPy), ``linear`` (dispatch on
+in tools/.  Wrappers: ``linear_f32``, ``linear_bf16`` / ``linear_int8`` (more rows:
+``prefill._prefill_linear``), ``linear_f16`` (more rows: NumPy), ``linear`` (dispatch on
 the weight dtype).
 
 Tested against (tests/test_kernels_gemv.py): ``ops.linear`` and the float64 ``x @ W.T + b`` of
@@ -26,8 +26,7 @@ from .prefill import _prefill_linear
 from .simd import _dot, _dot_f16, _dot_operand, _prefetch
 
 # Up to this many rows of x, linear_* stream W once through the Numba
-# matrix-vector kernels; above it, BLAS (float32 weights) or _prefill_linear
-# (bf16 / int8).  Decode is T = 1 (or a few rows for batched / speculative decode).
+# matrix-vector kernels; above it, _prefill_linear.  Decode is T = 1 (or a few rows for batched / speculative decode).
 STREAM_MAX_T = 8
 
 # Prefetch distance of the decode kernels, in bytes of W ahead of the elements
@@ -169,21 +168,16 @@ def _gemv_f16(x, W, b, y, pf):  # pragma: no cover - compiled
 def linear_f32(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """``x @ W.T + b`` for float32 ``W [n_out, n_in]``; x [..., n_in] -> [..., n_out].
 
-    Up to STREAM_MAX_T rows: the parallel streaming kernel (reads W once).
-    More rows: BLAS ``x @ W.T``.  Definition: ``ops.linear``.
+    Up to STREAM_MAX_T rows: the parallel streaming kernel (reads W once).  More rows:
+    ``prefill._prefill_linear``, as for bf16 weights.  Definition: ``ops.linear``.
+
+    Not BLAS: after each call OpenBLAS's threads spin (for up to 2^28 cycles by default) on the
+    cores the Numba kernels between the products need.  Measured at T = 512, 350M shape, 2
+    threads: attention and rotary took 233-263 and 88-95 ms a prompt after BLAS products,
+    107-129 and 49-53 ms with BLAS's threads sent to sleep at once (OPENBLAS_THREAD_TIMEOUT=4);
+    and ``_prefill_linear`` multiplies as fast as BLAS (fc_in 22.8 against 24.1 ms).
     """
-    W = _check_w(W, np.float32, "W")
-    n_out, n_in = W.shape
-    x2, lead = _prep_x(x, n_in)
-    b = _prep_vec(b, n_out, "b")
-    if x2.shape[0] <= STREAM_MAX_T:
-        y = np.empty((x2.shape[0], n_out), np.float32)
-        _gemv(_ro(x2), W, None, b, y, PREFETCH_F32)
-    else:
-        y = x2 @ W.T
-        if b is not None:
-            y += b
-    return y.reshape(*lead, n_out)
+    return _linear_narrow(x, _check_w(W, np.float32, "W"), None, b, PREFETCH_F32)
 
 
 def linear_bf16(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None,
@@ -251,7 +245,7 @@ def linear_int8(x: np.ndarray, Wq: np.ndarray, scale: np.ndarray,
 
 def _linear_narrow(x: np.ndarray, W: np.ndarray, scale: np.ndarray | None, b: np.ndarray | None,
                    pf: int) -> np.ndarray:
-    """linear_bf16 / linear_int8 once W (and scale) are checked: up to STREAM_MAX_T rows of x
+    """linear_f32 / linear_bf16 / linear_int8 once W (and scale) are checked: up to STREAM_MAX_T rows of x
     stream W through _gemv (prefetching pf bytes ahead), more go to _prefill_linear."""
     n_out, n_in = W.shape
     x2, lead = _prep_x(x, n_in)

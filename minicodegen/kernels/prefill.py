@@ -1,6 +1,6 @@
-"""Prompts with bf16 / int8 weights: ``y = x @ widen(W).T [* scale] + b`` for more than
-``gemv.STREAM_MAX_T`` rows of x, as a matrix-matrix product of its own (float32 weights go to
-BLAS instead).
+"""Prompts: ``y = x @ widen(W).T [* scale] + b`` for more than ``gemv.STREAM_MAX_T`` rows of x
+and float32, bf16 or int8 weights, as a matrix-matrix product of its own (not BLAS: see
+``gemv.linear_f32``).
 
 Kernels: ``_pack_tokens`` (the tokens transposed in blocks of 64), ``_gemm_panels`` (panels of
 128 rows of W, widened a chunk at a time with ``_widen_into`` and multiplied with
@@ -22,7 +22,7 @@ from .arrays import _ro, _tile_buffer
 from .simd import _FM, _U, _bf16_to_f32, _matmul_rows, _transpose_add16
 from .threads import get_threads
 
-# The prefill kernel for bf16 / int8 weights (_prefill_linear) works on blocks of
+# The prefill kernel (_prefill_linear) works on blocks of
 # _NB tokens x panels of _NR rows of W, and splits n_in into chunks of _KC: one
 # chunk of the packed tokens (_KC x _NB float32 = 32 KB) stays in L1 while it is
 # used.  Measured on fc_in of the 350M shape (T = 512, int8), ms per call over
@@ -40,13 +40,13 @@ _KC = 128
 
 
 # ---------------------------------------------------------------------------
-# Prefill with bf16 / int8 weights: y = x @ widen(W).T for T > STREAM_MAX_T rows.
+# Prefill: y = x @ widen(W).T for T > STREAM_MAX_T rows.
 #
 # A matrix-matrix product is compute-bound; what matters is that the operands
 # of the inner loop sit in L1.  The tokens are packed once per call, transposed
 # in blocks of 64: xp[blk, i, c] = x[64 blk + c, i] (zero past T).  Each thread
 # then takes panels of 128 rows of W.  For each chunk k of 128 inputs it widens
-# (bf16) or dequantizes (int8) the panel's chunk into float32, pan[r, :] =
+# (bf16), dequantizes (int8) or copies (float32) the panel's chunk into float32, pan[r, :] =
 # widen(W[j0 + r, 128 k : 128 k + 128]) (64 KB), and for each block of 64 tokens
 # runs _matmul_rows (4 rows of the panel x 64 tokens in 16 vector accumulators):
 #
@@ -91,7 +91,7 @@ def _widen_into(w, s, out):  # pragma: no cover - replaced by the overload in co
 @overload(_widen_into, inline="always")
 def _widen_into_impl(w, s, out):
     """out[i] = widen(w[i]): bf16 bits (uint16) exactly; int8 times the row scale s, rounded
-    as model.dequantize rounds it."""
+    as model.dequantize rounds it; float32 copied."""
     if w.dtype == types.uint16:
         def bf16(w, s, out):
             for i in range(w.shape[0]):
@@ -102,6 +102,10 @@ def _widen_into_impl(w, s, out):
             for i in range(w.shape[0]):
                 out[i] = np.float32(w[i]) * s
         return int8
+    if w.dtype == types.float32:
+        def f32(w, s, out):
+            out[:] = w
+        return f32
     return None
 
 
