@@ -257,10 +257,12 @@ def _softmax_dense(row, n, scale, acc):  # pragma: no cover - compiled
 # Attention of a prompt: blocks of 4 queries, written as explicit SIMD code.
 #
 # For each (row, head), in parallel: copy the keys transposed, kt [Dp, NK]
-# (Dp = D rounded up to 16, its extra rows zero; NK = S rounded up to 32), and
-# the values, vp [NK, Dp]; then for each block of 4 queries t0..t0+3 with n
-# keys visible to the last of them, two small matrix products (_matmul_rows)
-# around a softmax:
+# (Dp = D rounded up to 16, its extra rows zero; NK = S rounded up to 32; in
+# 16 x 16 blocks transposed in registers where D = Dp), and the values, vp
+# [NK, Dp] (only where D < Dp: else the cache's rows are read in place); then
+# for each block of 4 queries t0..t0+3 with n keys visible to the last of them,
+# two small matrix products (_matmul_rows) around a softmax (_softmax_dense
+# where the row has no padding and no bias):
 #
 #     p[u, j] = sum_d q[t0+u, d] * kt[d, j]        4 queries x 64 keys at a time
 #     p[u] = softmax of p[u] / sqrt(D) (+ mask) over the keys query u sees
