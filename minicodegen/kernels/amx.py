@@ -10,7 +10,7 @@ lay out their weights: row q of B holds the 4-byte groups q of 16 columns.  So:
 
 * A = 16 rows of x (tokens), 64 bytes of n_in: x is copied once per call into tiles of 16 x 64
   bytes, each 1 KB in one piece (``_x_tiles``; a tile read with a stride of n_in bytes, a power of
-  two, falls into a few cache sets and ran at a third of the speed);
+  two, falls into a few cache sets and ran at a sixth to a half of the speed, by shape);
 * B = 16 rows of W, 64 bytes of n_in, as the 4-byte groups ``integer._pack16`` makes for the VNNI
   kernels (int8 w XOR 0x80 = w + 128, unsigned, so ``C - 128 * sum_i xq[t, i]`` is the sum of
   products as in ``integer._idot``; bf16 pairs as they are), in panels of 32 rows packed once per

@@ -58,8 +58,14 @@ def target_features(cpu_name: str | None = None, cpu_features: str | None = None
     if feats is None or feats == "":
         if name not in (None, "", "host"):
             return set()
-        feats = llvm.get_host_cpu_features().flatten()
+        feats = _host_features()
     return {f[1:] for f in feats.split(",") if f.startswith("+")}
+
+
+@functools.cache
+def _host_features() -> str:
+    """LLVM's feature string of this machine's CPU (read once: 0.3 ms a read)."""
+    return llvm.get_host_cpu_features().flatten()
 
 
 def int8_dot(features: set[str] | None = None) -> str:
@@ -99,14 +105,17 @@ def request_amx() -> bool:
 def amx_int8(features: set[str] | None = None) -> bool:
     """Whether the int8 prompt kernels may use AMX tiles on a CPU with ``features`` (default: the
     target's, and then only if ``request_amx()`` succeeds)."""
-    f = target_features() if features is None else features
-    return {"amx-tile", "amx-int8"} <= f and (features is not None or request_amx())
+    return _amx("amx-int8", features)
 
 
 def amx_bf16(features: set[str] | None = None) -> bool:
     """As amx_int8, for the bf16 prompt kernel (AMX-BF16)."""
+    return _amx("amx-bf16", features)
+
+
+def _amx(unit: str, features: set[str] | None) -> bool:
     f = target_features() if features is None else features
-    return {"amx-tile", "amx-bf16"} <= f and (features is not None or request_amx())
+    return {"amx-tile", unit} <= f and (features is not None or request_amx())
 
 
 # ---------------------------------------------------------------------------
