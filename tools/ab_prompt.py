@@ -5,7 +5,9 @@ as the package ``mcg_base``, so that both versions load side by side (the packag
 only relatively). Each keeps its own kernel cache: the first comparison with a revision compiles
 its kernels, later ones load them. For each dtype both
 load the same checkpoint into memory, run one prompt each to warm up, then ``--pairs`` pairs of
-prompts, one of each version in turn, so that the host's drift hits both alike. Prints the medians,
+prompts, one of each version in turn, so that the host's drift hits both alike. minicodegen is
+imported before NumPy, as ``python -m minicodegen`` imports it (its ``OPENBLAS_THREAD_TIMEOUT``
+then applies to both versions). Prints the medians,
 the median of the per-pair ratios (new / base) and the largest difference of the last logits.
 
     python tools/ab_prompt.py BASE_REV [--dtypes int8,float32] [--tokens 512] [--batch 1] [--pairs 9]
@@ -69,11 +71,10 @@ def extract(rev: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
-    import numpy as np
-
     sys.path.insert(0, str(extract(a.base)))
+    import minicodegen  # noqa: I001 - before NumPy, as the command line: OpenBLAS's threads sleep at once
     import mcg_base
-    import minicodegen
+    import numpy as np
 
     ids = np.random.default_rng(0).integers(0, 50000, (a.batch, a.tokens))
     print(f"{a.batch} x {a.tokens}-token prompts, last logits; {a.base} (base) against the working tree (new), "

@@ -52,8 +52,9 @@ Why kernels at all?
   product: compute-bound.  ``prefill._prefill_linear`` widens (bf16, int8) or
   copies (float32) panels of 128 rows into cache-sized float32 blocks and
   multiplies them with SIMD code of its own, as fast as BLAS sgemm here; BLAS
-  is not used, because its threads spin on the cores after each call and slow
-  the Numba kernels in between (``gemv.linear_f32``).  (It also replaced
+  is not used: unless minicodegen was imported before NumPy, its threads spin
+  on the cores after each call and slow the Numba kernels in between
+  (``gemv.linear_f32``).  (It also replaced
   float32 tiles of up to 32 MB fed to BLAS: about 25 MiB less peak RSS for the
   350M shape.)
   int8 weights multiply rows quantized to 8 bits with integer dot products (``qgemm``), on the

@@ -171,11 +171,13 @@ def linear_f32(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.
     Up to STREAM_MAX_T rows: the parallel streaming kernel (reads W once).  More rows:
     ``prefill._prefill_linear``, as for bf16 weights.  Definition: ``ops.linear``.
 
-    Not BLAS: after each call OpenBLAS's threads spin (for up to 2^28 cycles by default) on the
-    cores the Numba kernels between the products need.  Measured at T = 512, 350M shape, 2
-    threads: attention and rotary took 233-263 and 88-95 ms a prompt after BLAS products,
-    107-129 and 49-53 ms with BLAS's threads sent to sleep at once (OPENBLAS_THREAD_TIMEOUT=4);
-    and ``_prefill_linear`` multiplies as fast as BLAS (fc_in 22.8 against 24.1 ms).
+    Not BLAS: where NumPy was imported before minicodegen (a notebook, a program that imports
+    NumPy first), the OPENBLAS_THREAD_TIMEOUT=4 that ``import minicodegen`` sets comes too late,
+    and OpenBLAS's threads spin after each call (for up to 2^28 cycles by default) on the cores
+    the Numba kernels between the products need.  Measured at T = 512, 350M shape, 2 threads:
+    attention and rotary took 233-263 and 88-95 ms a prompt after such BLAS products, 107-129
+    and 49-53 ms with BLAS's threads asleep; ``_prefill_linear`` multiplies as fast as BLAS with
+    its threads asleep (fc_in 22.8 against 24.1 ms), whatever the import order.
     """
     return _linear_narrow(x, _check_w(W, np.float32, "W"), None, b, PREFETCH_F32)
 

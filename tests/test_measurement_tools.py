@@ -1,5 +1,5 @@
-"""tools/ab_prompt.py refuses what it cannot run, naming it (the comparison itself is a measurement,
-run by hand: it compiles the revision's kernels)."""
+"""tools/ab_prompt.py and tools/prompt_profile.py refuse what they cannot run, naming it (the
+measurements themselves are run by hand on the 350M-shape checkpoints of tools/bench.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "ab_prompt.py"
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
-def run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TOOL), *argv], capture_output=True, text=True, timeout=120)
+def run(*argv: str, tool: str = "ab_prompt.py") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TOOLS / tool), *argv], capture_output=True, text=True, timeout=120)
 
 
 def test_a_missing_checkpoint_is_named(tmp_path):
@@ -33,3 +33,11 @@ def test_counts_below_one_are_refused(tmp_path):
         (tmp_path / f"{dt}.npz").write_bytes(b"")
     done = run("HEAD", "--workdir", str(tmp_path), "--pairs", "0")
     assert done.returncode == 2 and "--pairs must be at least 1" in done.stderr
+
+
+def test_the_profile_names_a_missing_checkpoint_and_bad_counts(tmp_path):
+    done = run("--dtype", "bfloat16", "--workdir", str(tmp_path), tool="prompt_profile.py")
+    assert done.returncode == 2 and f"no checkpoint {tmp_path / 'bfloat16.npz'}" in done.stderr
+    (tmp_path / "int8.npz").write_bytes(b"")
+    done = run("--workdir", str(tmp_path), "--runs", "0", tool="prompt_profile.py")
+    assert done.returncode == 2 and "must be at least 1" in done.stderr
