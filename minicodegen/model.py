@@ -339,7 +339,7 @@ def block(
     # attention: fused qkv projection, mp_num=4 split, rotary on q and k, attend over the cache
     acts = {"int8_activations": int8_activations, "bf16_activations": bf16_activations}
     qkv = dense(rows, weights, p + "attn.qkv_proj", fast, **acts).reshape(B, T, 3 * E)
-    if fast and trace is None:  # the steps below in two kernel calls, the same bits
+    if fast and trace is None:  # rope_into_cache: the split, rotary and cache writes below, the same bits
         q = kernels.rope_into_cache(qkv, sincos, cfg.rotary_dim, H, cache.k[i], cache.v[i], S0)
         a = kernels.attend_cached(q, cache.k[i], cache.v[i], S, cache.mask[:, :S] != 0)
     else:

@@ -142,15 +142,22 @@ def apply_rotary(x: np.ndarray, sincos: np.ndarray, rotary_dim: int,
     if x.dtype != np.float32:
         x = x.astype(np.float32)
     B, T, H, D = x.shape
+    sincos = _sincos_rows(sincos, B, T, rotary_dim, D)
+    if out is None:
+        out = np.empty((B, T, H, D), np.float32)
+    _rotary(_ro(x), sincos, rotary_dim, out)
+    return out
+
+
+def _sincos_rows(sincos: np.ndarray, B: int, T: int, rotary_dim: int, D: int) -> np.ndarray:
+    """sincos as the rotary kernels take it: read-only C-contiguous float32 [B, T, rotary_dim]
+    (broadcast if given for fewer rows or tokens), once rotary_dim is checked against D."""
     if rotary_dim % 2 or not 0 <= rotary_dim <= D:
         raise ValueError(f"rotary_dim must be even and <= D={D}, got {rotary_dim}")
     sincos = np.asarray(sincos, dtype=np.float32)
     if sincos.shape != (B, T, rotary_dim):
-        sincos = np.ascontiguousarray(np.broadcast_to(sincos, (B, T, rotary_dim)))
-    if out is None:
-        out = np.empty((B, T, H, D), np.float32)
-    _rotary(_ro(x), _ro(sincos), rotary_dim, out)
-    return out
+        sincos = np.broadcast_to(sincos, (B, T, rotary_dim))
+    return _ro(np.ascontiguousarray(sincos))
 
 
 @njit(inline="always")
@@ -195,17 +202,12 @@ def rope_into_cache(qkv: np.ndarray, sincos: np.ndarray, rotary_dim: int, n_head
         raise ValueError(f"qkv's last axis ({three_e}) must be 3 x n_head ({n_head}) x D, "
                          f"in mp_num ({mp_num}) blocks of whole heads")
     D = E // n_head
-    if rotary_dim % 2 or not 0 <= rotary_dim <= D:
-        raise ValueError(f"rotary_dim must be even and <= D={D}, got {rotary_dim}")
+    sincos = _sincos_rows(sincos, B, T, rotary_dim, D)
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
         if (c.dtype != np.float32 or not c.flags.c_contiguous or not c.flags.writeable
                 or c.shape[:2] != (B, n_head) or c.shape[3] != D or not 0 <= S0 <= c.shape[2] - T):
             raise ValueError(f"{name} must be a writeable C-contiguous float32 [B={B}, H={n_head}, "
                              f">= S0 + T = {S0 + T}, D={D}] array, got {c.dtype} {c.shape}")
-    sincos = np.asarray(sincos, dtype=np.float32)
-    if sincos.shape != (B, T, rotary_dim):
-        sincos = np.ascontiguousarray(np.broadcast_to(sincos, (B, T, rotary_dim)))
     q = np.empty((B, n_head, T, D), np.float32)
-    _rope_into_cache(_ro(qkv), _ro(np.ascontiguousarray(sincos)), rotary_dim, n_head, mp_num, k_cache, v_cache,
-                     S0, q)
+    _rope_into_cache(_ro(qkv), sincos, rotary_dim, n_head, mp_num, k_cache, v_cache, S0, q)
     return q
