@@ -154,3 +154,17 @@ def test_the_model_packs_its_int8_matrices_for_batches_and_computes_the_same():
         np.testing.assert_array_equal(a, b)
     model.int8_activations = "float32"
     assert M.fast_weights(model, packed=True)["transformer.h.0.mlp.fc_in.weight"].dtype == np.int8
+
+
+def test_a_packed_head_takes_all_rows_of_a_step_in_one_call(monkeypatch):
+    """Its integer sums are exact in any number of rows, so a step of more than STREAM_MAX_T rows
+    reads the packed head once (float heads go in chunks of STREAM_MAX_T rows)."""
+    model = minicodegen.load("tiny")
+    B = K.STREAM_MAX_T * 2 + 1
+    cache = M.new_cache(model.config, B, 4)
+    M.forward(model, np.full((B, 2), 198), cache=cache)
+    calls = []
+    real = M.dense
+    monkeypatch.setattr(M, "dense", lambda x, w, name, *a, **k: calls.append((name, len(x))) or real(x, w, name, *a, **k))
+    M.forward(model, np.full((B, 1), 50284), cache=cache)
+    assert calls == [("lm_head", B)] and M.fast_weights(model, packed=True)["lm_head.weight"].dtype == np.int32
