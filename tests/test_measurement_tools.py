@@ -41,3 +41,19 @@ def test_the_profile_names_a_missing_checkpoint_and_bad_counts(tmp_path):
     (tmp_path / "int8.npz").write_bytes(b"")
     done = run("--workdir", str(tmp_path), "--runs", "0", tool="prompt_profile.py")
     assert done.returncode == 2 and "must be at least 1" in done.stderr
+
+
+def test_the_step_profile_takes_the_block_apart_and_gets_its_values(tmp_path):
+    """On the tiny model (int8, tied head): one row (the row kernels) and 8 (packed panels); the
+    tool itself checks that its kernel-by-kernel block gives the fused block's values, bit for bit."""
+    (tmp_path / "int8.npz").symlink_to(Path(__file__).resolve().parents[1] / "minicodegen" / "data" / "tiny.npz")
+    done = run("--workdir", str(tmp_path), "--rows", "1", "8", "--cached", "5", "--runs", "1", tool="step_profile.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {ln.split("|")[1].strip(): ln for ln in done.stdout.splitlines() if ln.startswith("| ")}
+    for part in ("ln_1", "qkv_proj + fc_in", "gelu", "attention", "out_proj + fc_out", "blocks", "head", "step",
+                 "tokens/s of the step"):
+        assert rows[part].count("|") == 4, done.stdout  # (a part, B = 1, B = 8)
+    bad = run("--workdir", str(tmp_path), "--rows", "0", tool="step_profile.py")
+    assert bad.returncode == 2 and "must be at least 1" in bad.stderr
+    bad = run("--dtype", "float32", "--workdir", str(tmp_path), tool="step_profile.py")
+    assert bad.returncode == 2 and f"no checkpoint {tmp_path / 'float32.npz'}" in bad.stderr
