@@ -20,29 +20,24 @@ import argparse
 import collections
 import functools
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import minicodegen  # noqa: I001 - before NumPy, as the command line imports it (OPENBLAS_THREAD_TIMEOUT)
 import numpy as np
 from minicodegen import kernels
 from minicodegen import model as M
+from profile_args import add_checkpoint_args, check_checkpoint
 
 TIMED_KERNELS = ("layer_norm", "rope_into_cache", "apply_rotary", "attend_cached", "gelu_new")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dtype", default="int8", help="weights: float32, bfloat16, int8, int4 (default int8)")
     ap.add_argument("--tokens", type=int, default=512, help="prompt length (default 512)")
     ap.add_argument("--batch", type=int, default=1, help="prompts in the pass (default 1)")
-    ap.add_argument("--runs", type=int, default=3, help="passes; the last one is printed (default 3)")
-    ap.add_argument("--mapped", action="store_true", help="memory-map the .npz instead of reading it")
-    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "minicodegen-bench-350M")
+    add_checkpoint_args(ap, 3, "passes; the last one is printed")
     a = ap.parse_args(argv)
-    if not (a.workdir / f"{a.dtype}.npz").exists():
-        ap.error(f"no checkpoint {a.workdir / f'{a.dtype}.npz'} (tools/bench.py writes it; or pass --workdir)")
+    a.checkpoint = check_checkpoint(ap, a)
     if min(a.tokens, a.batch, a.runs) < 1:
         ap.error("--tokens, --batch and --runs must be at least 1")
     return a
@@ -69,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         setattr(kernels, name, timed(getattr(kernels, name), spent, lambda args, n=name: n))
     M.dense = timed(M.dense, spent, lambda args: args[2].rsplit(".", 1)[-1])  # dense(x, weights, name, ...)
     M.block = timed(M.block, spent, lambda args: "block total")
-    model = minicodegen.load(a.workdir / f"{a.dtype}.npz", mapped=a.mapped)
+    model = minicodegen.load(a.checkpoint, mapped=a.mapped)
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (a.batch, a.tokens))
     for _ in range(a.runs):
         spent.clear()

@@ -28,30 +28,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import minicodegen  # noqa: I001 - before NumPy, as the command line imports it (OPENBLAS_THREAD_TIMEOUT)
 import numpy as np
 from minicodegen import kernels
 from minicodegen import model as M
 from minicodegen.kernels import decode, elementwise, int4, integer, packed
+from profile_args import add_checkpoint_args, check_checkpoint
 
 PARTS = ("ln_1", "qkv_proj + fc_in", "gelu", "attention", "out_proj + fc_out")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dtype", default="int8", help="weights: float32, bfloat16, int8, int4 (default int8)")
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 8], help="rows B of the steps (default 1 8)")
     ap.add_argument("--cached", type=int, default=32, help="positions in the cache before the step (default 32)")
-    ap.add_argument("--runs", type=int, default=9, help="timed runs; medians are printed (default 9)")
-    ap.add_argument("--mapped", action="store_true", help="memory-map the .npz instead of reading it")
-    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "minicodegen-bench-350M")
+    add_checkpoint_args(ap, 9, "timed runs; medians are printed")
     a = ap.parse_args(argv)
-    if not (a.workdir / f"{a.dtype}.npz").exists():
-        ap.error(f"no checkpoint {a.workdir / f'{a.dtype}.npz'} (tools/bench.py writes it; or pass --workdir)")
+    a.checkpoint = check_checkpoint(ap, a)
     if min(a.rows + [a.cached, a.runs]) < 1:
         ap.error("--rows, --cached and --runs must be at least 1")
     return a
@@ -139,7 +134,7 @@ def profile(model: M.Model, B: int, cached: int, runs: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
-    model = minicodegen.load(a.workdir / f"{a.dtype}.npz", mapped=a.mapped)
+    model = minicodegen.load(a.checkpoint, mapped=a.mapped)
     n_layer = model.config.n_layer
     print(f"{a.dtype}, decode steps after {a.cached} cached positions, {kernels.get_threads()} threads, "
           f"medians of {a.runs} runs (ms a step, all {n_layer} blocks)")
