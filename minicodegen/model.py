@@ -437,7 +437,8 @@ def forward(
     # one row alone gets, so that a row's logits do not depend on its batch (integer sums, int8
     # activations, packed int8 (int32 panels) or int4, are exact in every kernel). The 350M head
     # for 16 rows, medians of 7: fp32 35.4 ms in one call, 59.0 ms in chunks of 8; bf16 33.9 ms,
-    # 13.6 ms; packed int8 (tools/step_profile.py, head row) 3.8 ms in one call, 7.6 in chunks.
+    # 13.6 ms; packed int8 (tools/step_profile.py, head row, two runs a minute apart) 5.3 ms in one
+    # call, 7.6 ms in chunks.
     w = weights[head + ".weight"]
     exact = w.dtype in (np.uint8, np.int32) or (w.dtype == np.int8 and q8)
     chunk = kernels.STREAM_MAX_T if model.fast and T == 1 and not exact else len(rows)
