@@ -169,3 +169,115 @@ def test_a_bf16_prompt_with_bf16_activations_runs_on_the_tiles(monkeypatch, tmp_
     fast.bf16_activations = "fp8"
     with pytest.raises(ValueError, match="model.bf16_activations must be one of float32, bf16"):
         M.forward(fast, ids)
+
+
+# ---------------------------------------------------------------------------
+# Decode steps of a batch: the int8 weights packed once (packed.pack_int8) on the tiles.
+# ---------------------------------------------------------------------------
+
+
+def test_packed_weights_take_the_tiles_for_whole_tiles_of_n_in_only():
+    """packed_isa: AMX where granted and every n_in a multiple of 64 bytes, else vpdpbusd."""
+    from minicodegen.kernels import packed
+
+    assert packed.packed_isa(64, 4096, amx=True) is packed.TILES
+    assert packed.packed_isa(64, 200, amx=True) is packed.INT8_ISA  # (200: a partial tile)
+    assert packed.packed_isa(64, 4096, amx=False) is packed.INT8_ISA
+    assert packed.packed_isa(1024, amx=None) is (packed.TILES if amx.AMX_INT8 else packed.INT8_ISA)
+
+
+def test_asking_for_packed_tiles_without_amx_is_an_error(monkeypatch):
+    """amx=True where the system grants no tiles would kill the process (SIGILL): an error instead."""
+    from minicodegen import kernels as K
+    from minicodegen.kernels import packed
+
+    monkeypatch.setattr(packed, "_amx_int8", lambda: False)
+    W = np.zeros((64, 64), np.int8)
+    with pytest.raises(ValueError, match="amx=True needs a CPU with AMX-INT8"):
+        packed.linear_int8_packed(np.zeros((2, 64), np.float32), K.pack_int8(W), np.ones(64, np.float32), amx=True)
+
+
+@needs_amx
+@SETTINGS
+@given(seeds, st.integers(1, 40), st.sampled_from([1, 7, 63, 64, 65, 130, 200]), st.sampled_from([64, 128, 320]),
+       st.booleans())
+def test_packed_panels_on_the_tiles_equal_their_definition(seed, T, n_out, n_in, with_bias):
+    """Groups of 16 rows of x and the rest (T = 1 .. 40), a partial last panel of 64 rows of W, through
+    linear_int8_packed (the head of a decode step of a batch)."""
+    from minicodegen.kernels import packed
+
+    x, W, scale, b = int8_problem(np.random.default_rng(seed), T, n_out, n_in, with_bias)
+    got = packed.linear_int8_packed(x, packed.pack_int8(W), scale, b, amx=True)
+    np.testing.assert_array_equal(got, ops.linear_int8_rows(x, W, scale, b))
+
+
+@needs_amx
+@pytest.mark.parametrize("T", [1, 8, 16, 33])
+def test_packed_panels_on_the_tiles_at_model_shapes_with_the_extreme_sums(T):
+    """350M's fc_out (n_in 4096: 64 tiles of x per panel), every byte -128 or 127, against the
+    vpdpbusd panels and the definition."""
+    from minicodegen.kernels import packed
+
+    rng = np.random.default_rng(T)
+    x, W, scale, b = int8_problem(rng, T, 1024, 4096, True)
+    x[0] = -1.0
+    W[:512] = -128
+    W[512:] = 127
+    Wp = packed.pack_int8(W)
+    y = packed.linear_int8_packed(x, Wp, scale, b, amx=True)
+    np.testing.assert_array_equal(y, ops.linear_int8_rows(x, W, scale, b))
+    np.testing.assert_array_equal(y, packed.linear_int8_packed(x, Wp, scale, b, amx=False))
+
+
+@needs_amx
+@pytest.mark.parametrize("B", [1, 8, 16, 17, 33])
+def test_the_fused_block_on_the_tiles_equals_it_with_vpdpbusd_panels(B):
+    """decode_layers over two blocks of E = 128, n_inner = 320 (whole tiles: decode_weights picks
+    the tiles), bit for bit against the same packed weights with vpdpbusd and against the
+    checkpoint's matrices; B past one group of 16 rows."""
+    from test_kernels_packed import _int8_layer
+
+    from minicodegen import kernels as K
+    from minicodegen.kernels import packed
+
+    rng = np.random.default_rng(B)
+    E, H, n_inner, S = 128, 4, 320, 5
+    layer = _int8_layer(rng, E, n_inner)
+    plan = K.decode_weights({n: K.pack_int8(w) if w.ndim == 2 else w for n, w in layer.items()}, E)
+    assert plan[-1] is packed.TILES
+    x = rng.standard_normal((B, E)).astype(np.float32)
+    sincos = rng.standard_normal((B, 8)).astype(np.float32)
+    kv = rng.standard_normal((2, B, H, S, E // H)).astype(np.float32)
+    allowed = np.ones((B, S), bool)
+    outs = [K.decode_layers(x.copy(), [lay, lay], 1e-5, sincos, 8, H, [kv[0].copy()] * 2, [kv[1].copy()] * 2, S, allowed)
+            for lay in (plan, plan[:-1] + (packed.INT8_ISA,), layer)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+
+
+@needs_amx
+def test_a_decode_step_of_a_batch_runs_its_packed_matrices_on_the_tiles(monkeypatch):
+    """tiny (int8): a step of PACK_MIN_ROWS rows takes the blocks' packed matrices and the head on
+    the tiles, with the logits of the model without packing, bit for bit."""
+    import minicodegen
+    from minicodegen import kernels as K
+    from minicodegen import model as M
+    from minicodegen.kernels import packed
+
+    model = minicodegen.load("tiny")
+    B = M.PACK_MIN_ROWS
+    assert all(w[-1] is packed.TILES for w in M.decode_plan(model, True))
+    heads = []
+    real = packed._qgemm_packed
+    monkeypatch.setattr(packed, "_qgemm_packed", lambda *a: heads.append(a[-1]) or real(*a))
+
+    def run(m):
+        cache = M.new_cache(m.config, B, 6)
+        M.forward(m, np.full((B, 4), 198) + np.arange(B)[:, None], cache=cache)
+        return M.forward(m, np.full((B, 1), 50284), cache=cache)
+
+    got = run(model)
+    assert heads == [packed.TILES]
+    plain = minicodegen.load("tiny")
+    monkeypatch.setattr(K, "packs", lambda W: False)
+    np.testing.assert_array_equal(got, run(plain))

@@ -63,7 +63,7 @@ def block_parts(x, w, eps, sincos, rotary_dim, n_head, k_cache, v_cache, S, allo
     t.append(time.perf_counter())
     qkv, hidden = np.empty((B, n_qkv), np.float32), np.empty((B, n_inner), np.float32)
     if W_qkv.ndim == 3:  # (the kernels decode._pair chooses, by the weights' type)
-        packed._qgemv_pair_packed(h, W_qkv, s_qkv, qkv, W_in, s_in, b_in, hidden)
+        packed._qgemv_pair_packed(h, W_qkv, s_qkv, qkv, W_in, s_in, b_in, hidden, isa)
     elif isa is None:
         decode._gemv_pair(h, W_qkv, s_qkv, qkv, W_in, s_in, b_in, hidden, pf)
     elif W_qkv.dtype == np.uint8:
@@ -79,7 +79,7 @@ def block_parts(x, w, eps, sincos, rotary_dim, n_head, k_cache, v_cache, S, allo
     t.append(time.perf_counter())
     u, v = np.empty_like(x), np.empty_like(x)
     if W_qkv.ndim == 3:
-        packed._qgemv_sum_into_packed(x, a, W_out, s_out, hidden, W_fo, s_fo, b_fo, u, v)
+        packed._qgemv_sum_into_packed(x, a, W_out, s_out, hidden, W_fo, s_fo, b_fo, u, v, isa)
     elif isa is None:
         decode._gemv_sum_into(x, a, W_out, s_out, hidden, W_fo, s_fo, b_fo, pf)
     elif W_qkv.dtype == np.uint8:

@@ -1,6 +1,7 @@
 """Prompts with int8 or bf16 weights on AMX tiles (Intel Xeon since Sapphire Rapids): the products
 ``qgemm.linear_int8_rows`` (x quantized per row) and ``qgemm.linear_bf16_rows`` (x rounded to
-bf16) compute, on the CPU's tile matrix unit.
+bf16) compute, on the CPU's tile matrix unit; and decode steps of a batch with int8 weights
+packed once (``_panel_amx``, see its section below).
 
 AMX adds eight tile registers of up to 16 rows x 64 bytes and instructions that multiply two of
 them into a third: ``tdpbsud C, A, B`` adds 16 x 16 int32 sums of 64 products of bytes each (A
@@ -37,10 +38,24 @@ medians of 15, two runs: ``linear_int8`` of fc_in 5.1-5.5 ms against 6.9-7.1 wit
 ``qgemm._qgemm_vnni``, fc_out 5.5-5.7 against 7.8-8.5; bf16 fc_in with bf16 x 8.5 ms against 24.3
 widened to float32.
 
+Decode steps of a batch (``packed.py`` chooses this with ``packed_isa``): the weights are the panels
+``packed.pack_int8`` made once, 64 rows of W whose 4-byte groups q lie 256 bytes apart, so 16 groups
+of 16 rows are a B tile read in place with a stride of 256 bytes; x is copied into tiles of 16 rows
+(``_decode_x``).  ``_tile_panel`` keeps the sums of a panel's 64 outputs in four tiles, and per 64
+bytes of n_in loads one tile of x and four of W.  Streamed from memory, a tile load that misses L1
+waits on its rows, so every tile load is preceded by prefetches of its quarter of the 4 KB
+``PANEL_PREFETCH`` bytes ahead into L2 and ``PANEL_NEAR`` bytes ahead into L1.  The 20 blocks' four
+matrices of a 350M step, interleaved with the vpdpbusd panels in one process (medians of 9):
+qkv_proj + fc_in 7.6 ms against 8.0 at B = 8, 7.3 against 11.1 at B = 16, 14.0 against 19.9 at
+B = 32; out_proj + fc_out 5.5 against 6.5, 5.9 against 7.9, 11.3 against 14.9.  At B = 1 to 4
+the row kernels of integer.py are as fast (``model.PACK_MIN_ROWS`` stays 8).
+
 Tested against (tests/test_kernels_amx.py and the bf16 prompt test of tests/test_kernels_integer.py,
 skipped where the CPU has no AMX): ``ops.linear_int8_rows`` bit for bit and ``ops.linear_bf16_rows``
 within a float32 sum, through the wrappers (hypothesis over T, n_out, n_in, with and without a
-bias), the tiles of x read back, the choice by CPU features, and the model's prompts on the tiles.
+bias), the tiles of x read back, the choice by CPU features, and the model's prompts on the tiles;
+the packed panels on the tiles against the definition and the vpdpbusd panels (hypothesis over T,
+n_out, n_in; the fused block; a decode step of the model).
 """
 
 from __future__ import annotations
@@ -74,23 +89,43 @@ def _tmm(i: int) -> ir.Constant:
     return ir.Constant(_I8, i)
 
 
+def _load_config(builder, rows) -> None:
+    """ldtilecfg: palette 1, tile t of rows[t] rows (an i8 value) of 64 bytes, t < 8."""
+    cfg = builder.bitcast(cgutils.alloca_once(builder, ir.ArrayType(_I8, 64)), _I8.as_pointer())
+    for i in range(64):  # (unused fields must be zero)
+        builder.store(_tmm(0), builder.gep(cfg, [ir.Constant(_I64, i)]))
+    builder.store(_tmm(1), cfg)  # palette 1
+    for t in range(8):
+        colsb = builder.bitcast(builder.gep(cfg, [ir.Constant(_I64, 16 + 2 * t)]), _I16.as_pointer())
+        builder.store(ir.Constant(_I16, _K), colsb)  # bytes per row
+        builder.store(rows[t], builder.gep(cfg, [ir.Constant(_I64, 48 + t)]))
+    builder.call(_void_fn(builder, "llvm.x86.ldtilecfg", [_I8.as_pointer()]), [cfg])
+
+
 @intrinsic
 def _tile_config(typingctx):
     """Configure this thread's tiles: palette 1, tiles 0..7 of 16 rows x 64 bytes (ldtilecfg)."""
 
     def codegen(context, builder, sig, args):
-        cfg = builder.bitcast(cgutils.alloca_once(builder, ir.ArrayType(_I8, 64)), _I8.as_pointer())
-        for i in range(64):  # (unused fields must be zero)
-            builder.store(_tmm(0), builder.gep(cfg, [ir.Constant(_I64, i)]))
-        builder.store(_tmm(1), cfg)  # palette 1
-        for t in range(8):
-            colsb = builder.bitcast(builder.gep(cfg, [ir.Constant(_I64, 16 + 2 * t)]), _I16.as_pointer())
-            builder.store(ir.Constant(_I16, _K), colsb)  # bytes per row
-            builder.store(_tmm(16), builder.gep(cfg, [ir.Constant(_I64, 48 + t)]))  # rows
-        builder.call(_void_fn(builder, "llvm.x86.ldtilecfg", [_I8.as_pointer()]), [cfg])
+        _load_config(builder, [_tmm(16)] * 8)
         return context.get_dummy_value()
 
     return types.void(), codegen
+
+
+@intrinsic
+def _tile_config_rows(typingctx, m):
+    """Configure this thread's tiles for ``_tile_panel``: tiles 0-4 (sums, x) of m rows (1 .. 16),
+    tiles 5-7 (weights) of 16 rows, 64 bytes a row."""
+    if not isinstance(m, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        rows = builder.trunc(context.cast(builder, args[0], sig.args[0], types.int64), _I8)
+        _load_config(builder, [rows] * 5 + [_tmm(16)] * 3)
+        return context.get_dummy_value()
+
+    return types.void(m), codegen
 
 
 @intrinsic
@@ -150,6 +185,61 @@ def _tile_block(typingctx, Xt, tb, Wp, C):
         return context.get_dummy_value()
 
     return types.void(Xt, tb, Wp, C), codegen
+
+
+@intrinsic
+def _tile_panel(typingctx, Xg, Wp, C, pf):
+    """C[a, r] = sum_q (the products in the 4 bytes of group q of row a of x and of Wp[q, r]) for a < m
+    (the rows ``_tile_config_rows`` configured), r < 64: Xg int8 [n_k, 16, 64] (x's tiles for these
+    rows), Wp int32 [16 n_k, 64] (a panel of ``packed.pack_int8``: w + 128), C int32 [>= m, 64].
+    Tiles 0-3 hold the sums of outputs 0-15, ..., 48-63, tile 4 x, tiles 5-7 W (the fourth tile of
+    W reuses 5 after its product); pf > 0: Wp's lines pf bytes ahead are prefetched into L2."""
+    if not (isinstance(Xg, types.Array) and Xg.ndim == 3 and Xg.layout == "C" and Xg.dtype == types.int8
+            and _is_matrix(Wp, types.int32) and _is_matrix(C, types.int32) and isinstance(pf, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        xa = context.make_array(sig.args[0])(context, builder, value=args[0])
+        xp = builder.bitcast(xa.data, _I8.as_pointer())
+        wa = context.make_array(sig.args[1])(context, builder, value=args[1])
+        wp, ldw = _i8_matrix(context, builder, sig.args[1], args[1])
+        cp, ldc = _i8_matrix(context, builder, sig.args[2], args[2])
+        n_k = builder.udiv(builder.extract_value(wa.shape, 0), ir.Constant(_I64, 16))
+        pf_ = context.cast(builder, args[3], sig.args[3], types.int64)
+        load = _void_fn(builder, "llvm.x86.tileloadd64", [_I8, _I8.as_pointer(), _I64])
+        dp = _void_fn(builder, "llvm.x86.tdpbsud", [_I8, _I8, _I8])
+        i32 = ir.IntType(32)
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), i32, i32, i32]), "llvm.prefetch.p0i8")
+        for c in range(4):
+            builder.call(_void_fn(builder, "llvm.x86.tilezero", [_I8]), [_tmm(c)])
+        with cgutils.for_range(builder, n_k) as loop:
+            kb = loop.index
+            w = builder.gep(wp, [builder.mul(builder.mul(kb, ir.Constant(_I64, 16)), ldw)])  # 16 rows: 4 KB
+
+            def load_w(c, tile):  # W's tile c, after prefetching a quarter of the 4 KB ahead, pf bytes
+                with builder.if_then(builder.icmp_signed(">", pf_, ir.Constant(_I64, 0))):  # into L2 and
+                    for line in range(16 * 64 * c, 16 * 64 * (c + 1), 64):  # PANEL_NEAR bytes into L1
+                        at = builder.gep(w, [builder.add(pf_, ir.Constant(_I64, line))])
+                        builder.call(prefetch, [at, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+                        at = builder.gep(w, [ir.Constant(_I64, PANEL_NEAR + line)])
+                        builder.call(prefetch, [at, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                builder.call(load, [_tmm(tile), builder.gep(w, [ir.Constant(_I64, 64 * c)]), ldw])
+
+            builder.call(load, [_tmm(4), builder.gep(xp, [builder.mul(kb, ir.Constant(_I64, 16 * _K))]),
+                                ir.Constant(_I64, _K)])
+            for c in range(3):
+                load_w(c, 5 + c)
+            for c in range(3):
+                builder.call(dp, [_tmm(c), _tmm(4), _tmm(5 + c)])
+            load_w(3, 5)
+            builder.call(dp, [_tmm(3), _tmm(4), _tmm(5)])
+        store = _void_fn(builder, "llvm.x86.tilestored64", [_I8, _I8.as_pointer(), _I64])
+        for c in range(4):
+            builder.call(store, [_tmm(c), builder.gep(cp, [ir.Constant(_I64, 64 * c)]), ldc])
+        return context.get_dummy_value()
+
+    return types.void(Xg, Wp, C, pf), codegen
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
@@ -233,6 +323,63 @@ def _write_block(C, t0, j0, xsum, sx, scale, b, y):  # pragma: no cover - compil
             off = np.int32(128) * xsum[t0 + a]
             st = sx[t0 + a]
             s = scale[j0:j0 + w]
+            for r in range(w):
+                v = np.float32(c[r] - off) * (st * s[r])
+                row[r] = v + bj[r] if b is not None else v
+
+
+# ---------------------------------------------------------------------------
+# Decode steps of a batch: the int8 weights packed once (packed.pack_int8, panels of 64 rows whose
+# 4-byte groups are laid out as B tiles: 16 groups of 16 rows are one tile, a row 256 bytes on)
+# times x in groups of 16 rows; per 64 bytes of n_in one tile of x, four of W, four products.
+# ---------------------------------------------------------------------------
+
+# Bytes of a panel ahead that _tile_panel prefetches into L2 and into L1.  A tile load that misses
+# L1 waited on its 16 rows: qkv_proj and fc_in of 20 blocks of the 350M shape (random weights),
+# B = 8, took 8.6 ms with 8 KB ahead into L2 only, 7.4 ms with 16 KB into L2 and 4 KB into L1
+# (vpdpbusd panels 9.9 ms), interleaved in one process, medians of 9.
+PANEL_PREFETCH = 16384
+PANEL_NEAR = 4096
+
+
+def decode_x_shape(T: int, n_in: int) -> tuple[int, int, int, int]:
+    """The shape of the tiles of T rows of int8 x for ``_panel_amx``: groups of 16 rows."""
+    return (-(-T // 16), n_in // _K, 16, _K)
+
+
+@njit(inline="always")
+def _decode_x(xq, Xt):  # pragma: no cover - compiled
+    """Xt[g, kb, r, :] = xq[16 g + r, 64 kb : 64 kb + 64] for the rows of xq (a tile read in one
+    piece: x read in place with a stride of n_in bytes, a power of two, falls into a few cache
+    sets); the rows past T are left as they are (never loaded)."""
+    for t in range(xq.shape[0]):
+        g, r = t // 16, t % 16
+        for kb in range(Xt.shape[1]):
+            for i in range(_K):  # (elements, not slices: a slice per 64 bytes cost 0.1 us)
+                Xt[g, kb, r, i] = xq[t, _K * kb + i]
+
+
+@njit(inline="always")
+def _panel_amx(Wp, Xt, xsum, sx, p, scale, b, y, C):  # pragma: no cover - compiled
+    """Columns 64p .. 64p + 63 of y = (xq @ W.T) * (sx[:, None] * scale) [+ b] (those < n_out), from
+    panel p of Wp (packed.pack_int8) and the tiles Xt of xq (``_decode_x``): packed._panel on AMX
+    tiles, the same sums.  C [>= 16, 64] int32 scratch."""
+    T, n_out = y.shape
+    j0 = p * 64
+    w = min(64, n_out - j0)
+    s = scale[j0:j0 + w]
+    bj = b[j0:j0 + w] if b is not None else None
+    for g in range(Xt.shape[0]):
+        m = min(16, T - 16 * g)
+        _tile_config_rows(m)
+        _tile_panel(Xt[g], Wp[p], C, PANEL_PREFETCH)
+        _tile_release()
+        for a in range(m):  # (as integer._out, on row slices, which LLVM vectorizes)
+            t = 16 * g + a
+            off = np.int32(128) * xsum[t]
+            st = sx[t]
+            row = y[t, j0:j0 + w]
+            c = C[a]
             for r in range(w):
                 v = np.float32(c[r] - off) * (st * s[r])
                 row[r] = v + bj[r] if b is not None else v

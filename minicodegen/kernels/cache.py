@@ -119,6 +119,7 @@ def refresh_cache(directory: str | os.PathLike | None = None) -> list[str]:
 # ---------------------------------------------------------------------------
 
 _N_OUT, _N_IN = 24, 16
+_PACKED_N_IN = 64  # packed int8 weights: n_in of whole AMX tiles, as every CodeGen matrix has
 
 
 def _weights(dtype: str, n: int = _N_IN) -> np.ndarray:
@@ -159,8 +160,8 @@ def _linear(dtype: str, T: int, int8_activations: bool = True, n: int = _N_IN, b
 def _linear_packed() -> None:
     """linear_int8_packed (int8 weights packed into panels, as the model hands them to the kernels on
     AVX512-VNNI; one kernel for any number of rows), without and with a bias."""
-    x = np.random.default_rng(1).standard_normal((2, _N_IN), dtype=np.float32)
-    Wp = pack_int8(_weights("int8"))
+    x = np.random.default_rng(1).standard_normal((2, _PACKED_N_IN), dtype=np.float32)
+    Wp = pack_int8(np.resize(_weights("int8"), (_N_OUT, _PACKED_N_IN)))
     for b in (None, np.zeros(_N_OUT, np.float32)):
         linear_int8_packed(x, Wp, np.ones(_N_OUT, np.float32), b)
 
@@ -172,8 +173,8 @@ def _int4_scale(W: np.ndarray) -> np.ndarray:
 
 def _block(dtype: str, int8_activations: bool = True, pack: bool = False) -> None:
     """The fused decode block (E = 16, 4 heads, n_inner = 32; int4: E = 64, n_inner = 128) with
-    weights of ``dtype`` (``pack``: int8 packed into panels)."""
-    E, H, n_inner = (64, 4, 128) if dtype == "int4" else (16, 4, 32)
+    weights of ``dtype`` (``pack``: int8 packed into panels, E = 64 as int4: whole AMX tiles)."""
+    E, H, n_inner = (64, 4, 128) if dtype == "int4" or pack else (16, 4, 32)
     w = _weights(dtype)
 
     def mat(n_out, n_in):
@@ -320,6 +321,7 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
     W = {"float32": a(2), "bfloat16": a(2, types.uint16), "int8": a(2, types.int8), "int4": a(2, types.uint8)}
     scale = {"float32": none, "bfloat16": none, "int8": a(1), "int4": a(2, types.uint16)}
     i8, i32 = IsaType(integer.INT8_ISA.name), types.int32
+    pk = IsaType(packed.packed_isa(_PACKED_N_IN).name)  # (the packed steps of n_in % 64 == 0: AMX tiles where granted)
     vnni = integer.INT8_ISA.name == "avx512_vnni"  # (then prompts of n_in % 64 == 0 take _qgemm_vnni, or AMX tiles)
     quantize = (integer._quantize_rows, (a(2), a(2, types.int8, readonly=False), out1, a(1, i32, readonly=False)))
     xq_args = (a(2, types.int8), a(1, i32), a(1), W["int8"], a(1))
@@ -370,10 +372,10 @@ def _step_signatures() -> dict[str, list[tuple[Callable, tuple]]]:
                                                                   integer_rows(qgemm._qgemm_vnni, i8)[1:] if vnni else []),
         "decode block int8": fused("int8", i8),
         **({"linear int8 (packed)": [quantize] + [(packed._qgemm_packed, (a(2, types.int8), a(1, i32), a(1),
-                                                                         a(3, i32), a(1), b, out2)) for b in (none, a(1))],
+                                                                         a(3, i32), a(1), b, out2, pk)) for b in (none, a(1))],
             "decode block int8 (packed)": [(decode._decode_block, (out2, a(1), a(1), f64, *(a(3, i32), a(1)) * 3, a(1),
                                                                    a(3, i32), a(1), a(1), a(2), i64, i64, i64, out4,
-                                                                   out4, i64, mask, i64, i8))]} if _VNNI else {}),
+                                                                   out4, i64, mask, i64, pk))]} if _VNNI else {}),
         "linear int4 (decode)": int4_rows(int4._q4gemv, i64, q4),
         "linear int4 (prompt)": int4_rows(int4._q4gemm, q4),
         "decode block int4": fused("int4", q4),

@@ -44,6 +44,7 @@ from numba.extending import NativeValue, models, register_model, typeof_impl, un
 
 INT8_DOTS = ("avx512_vnni", "avx_vnni", "widen")
 BF16_DOTS = ("avx512_bf16", "widen")
+TILE_DOTS = ("amx_int8",)  # int8 weights packed into panels, on AMX tiles (packed.py, amx.py)
 
 
 def target_features(cpu_name: str | None = None, cpu_features: str | None = None) -> set[str]:
@@ -126,11 +127,12 @@ def _amx(unit: str, features: set[str] | None) -> bool:
 
 
 class Isa:
-    """An instruction set to compile a kernel for (one of INT8_DOTS or BF16_DOTS)."""
+    """An instruction set to compile a kernel for (one of INT8_DOTS, BF16_DOTS or TILE_DOTS)."""
 
     def __init__(self, name: str) -> None:
-        if name not in INT8_DOTS + BF16_DOTS:
-            raise ValueError(f"unknown instruction set {name!r}; known: {', '.join(INT8_DOTS + BF16_DOTS[:1])}")
+        if name not in INT8_DOTS + BF16_DOTS + TILE_DOTS:
+            known = INT8_DOTS + BF16_DOTS[:1] + TILE_DOTS
+            raise ValueError(f"unknown instruction set {name!r}; known: {', '.join(known)}")
         self.name = name
 
     def __repr__(self) -> str:

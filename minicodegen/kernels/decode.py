@@ -26,7 +26,7 @@ from .elementwise import _gelu_new, _layer_norm, _rope_head
 from .gemv import PREFETCH_BF16, PREFETCH_F32, PREFETCH_INT4, PREFETCH_INT8, _dot_rows, _gemv_step
 from .int4 import Q4Type, _q4gemv_pair, _q4gemv_sum_into, check_int4, q4_kind
 from .integer import INT8_ISA, _qgemv_pair, _qgemv_sum_into
-from .packed import _qgemv_pair_packed, _qgemv_sum_into_packed, check_packed
+from .packed import _qgemv_pair_packed, _qgemv_sum_into_packed, check_packed, packed_isa
 from .simd import _FM, _dot, _dot_operand
 
 # ---------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def _pair_for(x, W1, s1, y1, W2, s2, b2, y2, pf, isa):
     weights), packed._qgemv_pair_packed (int8 weights packed: 3-d) or int4._q4gemv_pair (a Q4),
     chosen by type when the block compiles (a plain ``if isa is None`` would type every call)."""
     if isinstance(W1, types.Array) and W1.ndim == 3:
-        return lambda x, W1, s1, y1, W2, s2, b2, y2, pf, isa: _qgemv_pair_packed(x, W1, s1, y1, W2, s2, b2, y2)
+        return lambda x, W1, s1, y1, W2, s2, b2, y2, pf, isa: _qgemv_pair_packed(x, W1, s1, y1, W2, s2, b2, y2, isa)
     if isinstance(isa, types.NoneType):
         return lambda x, W1, s1, y1, W2, s2, b2, y2, pf, isa: _gemv_pair(x, W1, s1, y1, W2, s2, b2, y2, pf)
     if isinstance(isa, Q4Type):
@@ -159,7 +159,7 @@ def _sum_into_for(x, a, W1, s1, hidden, W2, s2, b2, pf, isa):
     int4._q4gemv_sum_into, as _pair."""
     if isinstance(W1, types.Array) and W1.ndim == 3:
         return lambda x, a, W1, s1, hidden, W2, s2, b2, pf, isa: _qgemv_sum_into_packed(
-            x, a, W1, s1, hidden, W2, s2, b2, np.empty_like(x), np.empty_like(x))
+            x, a, W1, s1, hidden, W2, s2, b2, np.empty_like(x), np.empty_like(x), isa)
     if isinstance(isa, types.NoneType):
         return lambda x, a, W1, s1, hidden, W2, s2, b2, pf, isa: _gemv_sum_into(x, a, W1, s1, hidden, W2, s2, b2, pf)
     if isinstance(isa, Q4Type):
@@ -255,7 +255,7 @@ def _packed_weights(layer: dict[str, np.ndarray], E: int) -> tuple:
         sc.append(_prep_vec(s, n_out, name + ".weight.scale"))
     return (_prep_vec(layer["ln_1.weight"], E, "ln_1.weight"), _prep_vec(layer["ln_1.bias"], E, "ln_1.bias"),
             Ws[0], sc[0], Ws[1], sc[1], Ws[2], sc[2], _prep_vec(layer.get("mlp.fc_in.bias"), n_inner, "mlp.fc_in.bias"),
-            Ws[3], sc[3], _prep_vec(layer.get("mlp.fc_out.bias"), E, "mlp.fc_out.bias"), 0, INT8_ISA)
+            Ws[3], sc[3], _prep_vec(layer.get("mlp.fc_out.bias"), E, "mlp.fc_out.bias"), 0, packed_isa(E, n_inner))
 
 
 def _int4_weights(layer: dict[str, np.ndarray], E: int, shapes: dict[str, tuple[int, int]]) -> tuple:

@@ -13,23 +13,38 @@ end; rows past n_out hold w = 0.  The model packs its int8 matrices for decode s
 summed across lanes per output) ran at 1.5-1.8 vpdpbusd per ns and core at B = 8, the panel tile
 at 3.9 in L1; streamed from memory, the 20 blocks' products of a 350M step of 8 rows took 13.9 ms
 against 15.7 (16 rows: 21.1 against 28.2), interleaved runs.  One row and prompts gained nothing.
+Where the CPU has AMX-INT8 and n_in is a multiple of 64 (``packed_isa``), the same panels go through
+AMX tiles instead (``amx._panel_amx``, same sums; measured there).
 
-Tested against (tests/test_kernels_packed.py): ``ops.linear_int8_rows`` bit for bit for T = 1 .. 37
-and shapes with a partial last panel; the fused decode block with packed weights against the same
-block with the checkpoint's.
+Tested against (tests/test_kernels_packed.py; on the tiles, tests/test_kernels_amx.py):
+``ops.linear_int8_rows`` bit for bit for T = 1 .. 37 and shapes with a partial last panel; the fused
+decode block with packed weights against the same block with the checkpoint's.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
+from .amx import AMX_INT8, _decode_x, _panel_amx
 from .arrays import _check_w, _prep_vec, _prep_x, _ro, _tile_buffer
+from .cpu import Isa, IsaType
+from .cpu import amx_int8 as _amx_int8
 from .integer import INT8_ISA, _out, _quantize_few, _quantize_rows
 from .qgemm import _KQ, _MR, _NR, _TB, _dp_tile
 
 PANEL = _NR  # outputs per panel
 PREFETCH = 4096  # bytes ahead in the panel that the first tile of rows prefetches (into L2)
+TILES = Isa("amx_int8")  # the panels on AMX tiles (amx._panel_amx)
+
+
+def packed_isa(*n_ins: int, amx: bool | None = None) -> Isa:
+    """How packed panels of matrices with these n_in are multiplied: on AMX tiles (``TILES``) where
+    ``amx`` (default ``amx.AMX_INT8``: the CPU has AMX-INT8 and Linux granted the tile registers)
+    and every n_in is a multiple of 64 (whole tiles), else with vpdpbusd (``INT8_ISA``)."""
+    tiles = AMX_INT8 if amx is None else amx
+    return TILES if tiles and all(n % 64 == 0 for n in n_ins) else INT8_ISA
 
 
 def packs(W: np.ndarray) -> bool:
@@ -116,12 +131,49 @@ def _panel(Wp, xq, xsum, sx, p, scale, b, y, C):  # pragma: no cover - compiled
             _out(C[t, r] - off, t, j0 + r, sx, scale, b, y)
 
 
+def _x_for(xq, isa):  # pragma: no cover - replaced by the overload when compiled
+    raise NotImplementedError
+
+
+@overload(_x_for)
+def _x_for_impl(xq, isa):
+    """What _sums takes as x: xq itself (vpdpbusd), or its tiles (amx._decode_x)."""
+    if isinstance(isa, IsaType) and isa.isa == TILES.name:
+        def tiles(xq, isa):
+            T, n = xq.shape
+            Xt = np.empty(((T + 15) // 16, n // 64, 16, 64), np.int8)
+            _decode_x(xq, Xt)
+            return Xt
+        return tiles
+    return lambda xq, isa: xq
+
+
+def _sums(Wp, x, xsum, sx, p, scale, b, y, C, isa):  # pragma: no cover - replaced when compiled
+    raise NotImplementedError
+
+
+@overload(_sums)
+def _sums_impl(Wp, x, xsum, sx, p, scale, b, y, C, isa):
+    """Panel p into y: _panel (vpdpbusd tiles of 6 rows) or amx._panel_amx (AMX tiles), by isa."""
+    if isinstance(isa, IsaType) and isa.isa == TILES.name:
+        return lambda Wp, x, xsum, sx, p, scale, b, y, C, isa: _panel_amx(Wp, x, xsum, sx, p, scale, b, y, C)
+    return lambda Wp, x, xsum, sx, p, scale, b, y, C, isa: _panel(Wp, x, xsum, sx, p, scale, b, y, C)
+
+
+@njit(inline="always")
+def _scratch(T):  # pragma: no cover - compiled
+    """A thread's sums of one panel: T rows (_panel) and at least 16 (_panel_amx)."""
+    return np.empty((max(T, 16), PANEL), np.int32)
+
+
 @njit(parallel=True, error_model="numpy", cache=True)
-def _qgemm_packed(xq, xsum, sx, Wp, scale, b, y):  # pragma: no cover - compiled
+def _qgemm_packed(xq, xsum, sx, Wp, scale, b, y, isa):  # pragma: no cover - compiled
     """y = (xq @ W.T) * (sx[:, None] * scale) [+ b]: xq [T, n] int8 (row sums xsum, scales sx), Wp
-    the panels of W [n_out, n] (n_out = y.shape[1]), scale [n_out], b [n_out] or None."""
+    the panels of W [n_out, n] (n_out = y.shape[1]), scale [n_out], b [n_out] or None; isa
+    INT8_ISA or TILES (packed_isa)."""
+    x = _x_for(xq, isa)
     for p in prange(Wp.shape[0]):
-        _panel(Wp, xq, xsum, sx, p, scale, b, y, np.empty((y.shape[0], PANEL), np.int32))
+        _sums(Wp, x, xsum, sx, p, scale, b, y, _scratch(y.shape[0]), isa)
 
 
 @njit(inline="always")
@@ -138,39 +190,42 @@ def _quantize_batch(x):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
-def _qgemv_pair_packed(x, W1, s1, y1, W2, s2, b2, y2):  # pragma: no cover - compiled
+def _qgemv_pair_packed(x, W1, s1, y1, W2, s2, b2, y2, isa):  # pragma: no cover - compiled
     """integer._qgemv_pair with packed weights: y1 = x @ W1.T * s1, y2 = x @ W2.T * s2 + b2, x [B,
     n_in] float32 quantized per row once; one parallel loop over the panels of both."""
     xq, sx, xsum = _quantize_batch(x)
+    xt = _x_for(xq, isa)
     P1 = W1.shape[0]
     for p in prange(P1 + W2.shape[0]):
-        C = np.empty((x.shape[0], PANEL), np.int32)
+        C = _scratch(x.shape[0])
         if p < P1:
-            _panel(W1, xq, xsum, sx, p, s1, None, y1, C)
+            _sums(W1, xt, xsum, sx, p, s1, None, y1, C, isa)
         else:
-            _panel(W2, xq, xsum, sx, p - P1, s2, b2, y2, C)
+            _sums(W2, xt, xsum, sx, p - P1, s2, b2, y2, C, isa)
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
-def _qgemv_sum_into_packed(x, a, W1, s1, hidden, W2, s2, b2, u, v):  # pragma: no cover - compiled
+def _qgemv_sum_into_packed(x, a, W1, s1, hidden, W2, s2, b2, u, v, isa):  # pragma: no cover - compiled
     """integer._qgemv_sum_into with packed weights: x += a @ W1.T * s1 + (hidden @ W2.T * s2 + b2);
     W1 and W2 have the same panels of outputs (E), taken together; u, v [B, E] scratch."""
     aq, sa, asum = _quantize_batch(a)
     hq, sh, hsum = _quantize_batch(hidden)
+    at, ht = _x_for(aq, isa), _x_for(hq, isa)
     E = x.shape[1]
     for p in prange(W1.shape[0]):
-        C = np.empty((x.shape[0], PANEL), np.int32)
-        _panel(W1, aq, asum, sa, p, s1, None, u, C)
-        _panel(W2, hq, hsum, sh, p, s2, b2, v, C)
+        C = _scratch(x.shape[0])
+        _sums(W1, at, asum, sa, p, s1, None, u, C, isa)
+        _sums(W2, ht, hsum, sh, p, s2, b2, v, C, isa)
         for t in range(x.shape[0]):  # (the panel's columns, while they are in cache)
             for j in range(p * PANEL, min(p * PANEL + PANEL, E)):
                 x[t, j] = x[t, j] + (u[t, j] + v[t, j])
 
 
-def linear_int8_packed(x: np.ndarray, Wp: np.ndarray, scale: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+def linear_int8_packed(x: np.ndarray, Wp: np.ndarray, scale: np.ndarray, b: np.ndarray | None = None,
+                       amx: bool | None = None) -> np.ndarray:
     """``ops.linear_int8_rows(x, W, scale, b)`` from ``Wp = pack_int8(W)``: x [..., n_in] float32
-    quantized per row, then the panels; the same result, bit for bit, as the kernels of the
-    unpacked W, for any number of rows."""
+    quantized per row, then the panels (on AMX tiles where ``packed_isa(n_in, amx=amx)`` says so);
+    the same result, bit for bit, as the kernels of the unpacked W, for any number of rows."""
     if not (isinstance(Wp, np.ndarray) and Wp.ndim == 3):
         raise ValueError(f"Wp must be packed int8 weights (pack_int8), got {getattr(Wp, 'shape', type(Wp).__name__)}")
     scale = _prep_vec(scale, np.size(scale), "scale")
@@ -186,6 +241,8 @@ def linear_int8_packed(x: np.ndarray, Wp: np.ndarray, scale: np.ndarray, b: np.n
     sx = np.empty(T, np.float32)
     xsum = np.empty(T, np.int32)
     _quantize_rows(_ro(x2), xq, sx, xsum)
+    if amx and not _amx_int8():  # (asked for explicitly: checked; a tile instruction would kill the process)
+        raise ValueError("amx=True needs a CPU with AMX-INT8 whose tile registers the system granted (cpu.amx_int8)")
     y = np.empty((T, n_out), np.float32)
-    _qgemm_packed(_ro(xq), _ro(xsum), _ro(sx), Wp, scale, b, y)
+    _qgemm_packed(_ro(xq), _ro(xsum), _ro(sx), Wp, scale, b, y, packed_isa(n_in, amx=amx))
     return y.reshape(*lead, n_out)
