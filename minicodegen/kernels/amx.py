@@ -193,7 +193,8 @@ def _tile_panel(typingctx, Xg, Wp, C, pf):
     (the rows ``_tile_config_rows`` configured), r < 64: Xg int8 [n_k, 16, 64] (x's tiles for these
     rows), Wp int32 [16 n_k, 64] (a panel of ``packed.pack_int8``: w + 128), C int32 [>= m, 64].
     Tiles 0-3 hold the sums of outputs 0-15, ..., 48-63, tile 4 x, tiles 5-7 W (the fourth tile of
-    W reuses 5 after its product); pf > 0: Wp's lines pf bytes ahead are prefetched into L2."""
+    W reuses 5 after its product); pf > 0: Wp's lines pf bytes ahead are prefetched into L2, and
+    PANEL_NEAR bytes ahead into L1, a quarter of 4 KB before each tile load of W."""
     if not (isinstance(Xg, types.Array) and Xg.ndim == 3 and Xg.layout == "C" and Xg.dtype == types.int8
             and _is_matrix(Wp, types.int32) and _is_matrix(C, types.int32) and isinstance(pf, types.Integer)):
         return None
@@ -301,19 +302,18 @@ def _gemm_amx(Xt, Wp, xsum, sx, scale, b, y):  # pragma: no cover - compiled
             _tile_config()
             for tb in range(c0, c1, 2):
                 _tile_block(Xt, tb, Wp[p], C)
-                _write_block(C, 16 * tb, j0, xsum, sx, scale, b, y)
+                _write_block(C, 16 * tb, min(_TN, T - 16 * tb), j0, min(_TN, y.shape[1] - j0), xsum, sx, scale, b, y)
             _tile_release()
 
 
 @njit(inline="always")
-def _write_block(C, t0, j0, xsum, sx, scale, b, y):  # pragma: no cover - compiled
-    """y[t0 + a, j0 + r] for the sums C[a, r] of a block (rows before T), rounded as the definitions
+def _write_block(C, t0, n, j0, w, xsum, sx, scale, b, y):  # pragma: no cover - compiled
+    """y[t0 + a, j0 + r] for the sums C[a, r] of a block, a < n, r < w, rounded as the definitions
     round: int8 ``float32(C - 128 xsum[t]) * (sx[t] * scale[j]) [+ b[j]]`` (integer._out), bf16
-    ``C [+ b[j]]``; columns before n_out.  (Written on row slices, which LLVM vectorizes: calling
-    _out per element took 8.7 ms for fc_in at T = 512 where this takes 4.7, the products alone 3.1.)"""
-    w = min(_TN, y.shape[1] - j0)
+    ``C [+ b[j]]``.  (Written on row slices, which LLVM vectorizes: calling _out per element took
+    8.7 ms for fc_in at T = 512 where this takes 4.7, the products alone 3.1.)"""
     bj = b[j0:j0 + w] if b is not None else None
-    for a in range(min(_TN, y.shape[0] - t0)):
+    for a in range(n):
         row = y[t0 + a, j0:j0 + w]
         c = C[a]
         if xsum is None:
@@ -342,11 +342,6 @@ PANEL_PREFETCH = 16384
 PANEL_NEAR = 4096
 
 
-def decode_x_shape(T: int, n_in: int) -> tuple[int, int, int, int]:
-    """The shape of the tiles of T rows of int8 x for ``_panel_amx``: groups of 16 rows."""
-    return (-(-T // 16), n_in // _K, 16, _K)
-
-
 @njit(inline="always")
 def _decode_x(xq, Xt):  # pragma: no cover - compiled
     """Xt[g, kb, r, :] = xq[16 g + r, 64 kb : 64 kb + 64] for the rows of xq (a tile read in one
@@ -366,23 +361,12 @@ def _panel_amx(Wp, Xt, xsum, sx, p, scale, b, y, C):  # pragma: no cover - compi
     tiles, the same sums.  C [>= 16, 64] int32 scratch."""
     T, n_out = y.shape
     j0 = p * 64
-    w = min(64, n_out - j0)
-    s = scale[j0:j0 + w]
-    bj = b[j0:j0 + w] if b is not None else None
     for g in range(Xt.shape[0]):
         m = min(16, T - 16 * g)
         _tile_config_rows(m)
         _tile_panel(Xt[g], Wp[p], C, PANEL_PREFETCH)
         _tile_release()
-        for a in range(m):  # (as integer._out, on row slices, which LLVM vectorizes)
-            t = 16 * g + a
-            off = np.int32(128) * xsum[t]
-            st = sx[t]
-            row = y[t, j0:j0 + w]
-            c = C[a]
-            for r in range(w):
-                v = np.float32(c[r] - off) * (st * s[r])
-                row[r] = v + bj[r] if b is not None else v
+        _write_block(C, 16 * g, m, j0, min(64, n_out - j0), xsum, sx, scale, b, y)
 
 
 def panels_shape(W_shape: tuple[int, int], itemsize: int = 1) -> tuple[int, int, int]:
