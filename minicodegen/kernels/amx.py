@@ -350,7 +350,7 @@ def _decode_x(xq, Xt):  # pragma: no cover - compiled
     for t in range(xq.shape[0]):
         g, r = t // 16, t % 16
         for kb in range(Xt.shape[1]):
-            for i in range(_K):  # (elements, not slices: a slice per 64 bytes cost 0.1 us)
+            for i in range(_K):  # (elements: LLVM vectorizes this loop)
                 Xt[g, kb, r, i] = xq[t, _K * kb + i]
 
 

@@ -228,6 +228,8 @@ def linear_int8_packed(x: np.ndarray, Wp: np.ndarray, scale: np.ndarray, b: np.n
     the same result, bit for bit, as the kernels of the unpacked W, for any number of rows."""
     if not (isinstance(Wp, np.ndarray) and Wp.ndim == 3):
         raise ValueError(f"Wp must be packed int8 weights (pack_int8), got {getattr(Wp, 'shape', type(Wp).__name__)}")
+    if amx and not _amx_int8():  # (asked for explicitly: checked; a tile instruction would kill the process)
+        raise ValueError("amx=True needs a CPU with AMX-INT8 whose tile registers the system granted (cpu.amx_int8)")
     scale = _prep_vec(scale, np.size(scale), "scale")
     if scale is None:
         raise ValueError("linear_int8_packed needs a per-row scale")
@@ -241,8 +243,6 @@ def linear_int8_packed(x: np.ndarray, Wp: np.ndarray, scale: np.ndarray, b: np.n
     sx = np.empty(T, np.float32)
     xsum = np.empty(T, np.int32)
     _quantize_rows(_ro(x2), xq, sx, xsum)
-    if amx and not _amx_int8():  # (asked for explicitly: checked; a tile instruction would kill the process)
-        raise ValueError("amx=True needs a CPU with AMX-INT8 whose tile registers the system granted (cpu.amx_int8)")
     y = np.empty((T, n_out), np.float32)
     _qgemm_packed(_ro(xq), _ro(xsum), _ro(sx), Wp, scale, b, y, packed_isa(n_in, amx=amx))
     return y.reshape(*lead, n_out)
