@@ -57,3 +57,19 @@ def test_the_step_profile_takes_the_block_apart_and_gets_its_values(tmp_path):
     assert bad.returncode == 2 and "must be at least 1" in bad.stderr
     bad = run("--dtype", "float32", "--workdir", str(tmp_path), tool="step_profile.py")
     assert bad.returncode == 2 and f"no checkpoint {tmp_path / 'float32.npz'}" in bad.stderr
+
+
+def test_the_prompt_profile_runs_and_checks_its_activation_choice(tmp_path):
+    """On the tiny model (int8): the passes run and each timed kernel gets a line; a bf16-activation
+    choice is taken (it changes nothing for int8 weights, so the heading does not name it) and an
+    unknown one is refused, named."""
+    (tmp_path / "int8.npz").symlink_to(Path(__file__).resolve().parents[1] / "minicodegen" / "data" / "tiny.npz")
+    done = run("--workdir", str(tmp_path), "--tokens", "9", "--runs", "1", "--bf16-activations", "bf16",
+               tool="prompt_profile.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    head, *lines = done.stdout.splitlines()
+    assert head.startswith("int8, 1 x 9 tokens, last logits") and "bf16 activations" not in head
+    labels = {ln.split()[0] for ln in lines}
+    assert {"block", "qkv_proj", "fc_in", "fc_out", "attend_cached"} <= labels, done.stdout
+    bad = run("--workdir", str(tmp_path), "--bf16-activations", "fp8", tool="prompt_profile.py")
+    assert bad.returncode == 2 and "--bf16-activations" in bad.stderr and "fp8" in bad.stderr

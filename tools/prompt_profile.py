@@ -8,7 +8,7 @@ first also compiles or loads the kernels). minicodegen is imported before NumPy,
 ``python -m minicodegen`` imports it.
 
     python tools/prompt_profile.py [--dtype int8] [--tokens 512] [--batch 1] [--runs 3] [--mapped]
-                                   [--workdir DIR]
+                                   [--bf16-activations float32|bf16] [--workdir DIR]
 
 The checkpoint is ``<dtype>.npz`` in ``--workdir`` (default: where tools/bench.py writes the
 350M-shape ones, ``$TMPDIR/minicodegen-bench-350M``).
@@ -35,6 +35,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=512, help="prompt length (default 512)")
     ap.add_argument("--batch", type=int, default=1, help="prompts in the pass (default 1)")
+    ap.add_argument("--bf16-activations", choices=minicodegen.BF16_ACTIVATIONS, default="float32",
+                    help="what bf16 weights multiply: float32 activations (default) or ones rounded to bf16")
     add_checkpoint_args(ap, 3, "passes; the last one is printed")
     a = ap.parse_args(argv)
     a.checkpoint = check_checkpoint(ap, a)
@@ -64,14 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         setattr(kernels, name, timed(getattr(kernels, name), spent, lambda args, n=name: n))
     M.dense = timed(M.dense, spent, lambda args: args[2].rsplit(".", 1)[-1])  # dense(x, weights, name, ...)
     M.block = timed(M.block, spent, lambda args: "block total")
-    model = minicodegen.load(a.checkpoint, mapped=a.mapped)
+    model = minicodegen.load(a.checkpoint, mapped=a.mapped, bf16_activations=a.bf16_activations)
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (a.batch, a.tokens))
     for _ in range(a.runs):
         spent.clear()
         t = time.perf_counter()
         M.forward(model, ids, last_only=True)
         total = time.perf_counter() - t
-    print(f"{a.dtype}, {a.batch} x {a.tokens} tokens, last logits, {kernels.get_threads()} threads: {total * 1e3:.1f} ms")
+    acts = ", bf16 activations" if a.bf16_activations == "bf16" and a.dtype == "bfloat16" else ""
+    print(f"{a.dtype}{acts}, {a.batch} x {a.tokens} tokens, last logits, {kernels.get_threads()} threads: {total * 1e3:.1f} ms")
     for label, s in sorted(spent.items(), key=lambda kv: -kv[1]):
         print(f"  {label:18s} {s * 1e3:8.1f} ms")
     return 0
