@@ -231,8 +231,8 @@ def _out(acc, t, j, sx, scale, b, y):  # pragma: no cover - compiled
 # although those loops run the same _idot for T = 1.  On an AMD EPYC (family 26, AVX512-VNNI),
 # qkv_proj + fc_in of 20 blocks of the 350M shape at T = 1 took 4.44 ms through the loops and
 # 3.50 ms through the branch, out_proj + fc_out 2.77 and 2.55 ms (medians of 31 interleaved rounds
-# in one process; the float-activation kernels of the same weights: 3.40 and 2.46 ms).  Both compile to the same inner loop; what costs the difference in the
-# loops' version was not found.
+# in one process; the float-activation kernels of the same weights: 3.40 and 2.46 ms).  Both
+# compile to the same inner loop; what costs the difference in the loops' version was not found.
 # ---------------------------------------------------------------------------
 
 
